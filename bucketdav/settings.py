@@ -1,0 +1,225 @@
+"""Settings: one frozen dataclass, loaded from defaults, a config file, the environment and flags."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bucketdav.templates import Template, TemplateError, parse_template
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+REPLICATE_NAMES = tuple(f"REPLICATE_{i}" for i in range(10))
+
+
+class SettingError(ValueError):
+    """A setting has a value bucketdav cannot use; the message names both."""
+
+    def __init__(self, name: str, value: object, reason: str) -> None:
+        super().__init__(f"{name}={value!r}: {reason}")
+        self.name = name
+
+
+def parse_size(text: str) -> int:
+    """Parse `<int>` bytes or `<int>kb|mb|gb|tb` (any case, 1024-based) into bytes."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError("expected <int> bytes or <int>kb|mb|gb")
+    return int(match.group(1)) * _UNITS[match.group(2) and match.group(2).lower()]
+
+
+def format_size(size: int) -> str:
+    """Write a byte count the way parse_size reads it back, in the largest exact unit."""
+    for unit in ("tb", "gb", "mb", "kb"):
+        if size and size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
+@dataclass(frozen=True)
+class FreeSpace:
+    """A free-space watermark: an absolute byte count or a percentage of the file system."""
+
+    size: int = 0
+    percent: float = 0.0
+
+    def bytes_for(self, total: int) -> int:
+        """The watermark in bytes on a file system of `total` bytes."""
+        return self.size if not self.percent else int(total * self.percent / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else format_size(self.size)
+
+
+def parse_free_space(text: str) -> FreeSpace:
+    """Parse a watermark: a size as parse_size reads it, or a percentage such as `2%`."""
+    text = text.strip()
+    if text.endswith("%"):
+        percent = float(text[:-1])
+        if not 0 <= percent < 100:
+            raise ValueError("a percentage must be from 0 to 99")
+        return FreeSpace(percent=percent)
+    return FreeSpace(size=parse_size(text))
+
+
+def parse_checksum_type(text: str) -> str:
+    """Accept any fixed-length hashlib algorithm, by its lower-case name."""
+    name = text.strip().lower()
+    try:
+        digest = hashlib.new(name)
+    except (ValueError, TypeError):
+        raise ValueError("not a hashlib algorithm on this system") from None
+    if name.startswith("shake") or digest.digest_size == 0:
+        raise ValueError("needs a fixed-length digest")
+    return name
+
+
+def parse_port(text: str) -> int:
+    """A TCP port, 0 meaning any free one."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("a port is from 0 to 65535")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError("seconds from 0 to 3600")
+    return value
+
+
+def _optional(text: str) -> str | None:
+    return text.strip() or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its variable name, default text, parser and a line of documentation."""
+
+    name: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ARCHIVE_DIR", "archive_dir", "/tmp/bucket", Path,
+            "Where the store lives; all of it on one file system (hard links)."),
+    Setting("ARCHIVE_URI", "archive_uri", "", _optional,
+            "If set, upload responses give `path` values under this prefix."),
+    Setting("CHECKSUM_TYPE", "checksum_type", "md5", parse_checksum_type,
+            "Content checksum: any fixed-length hashlib algorithm (md5, sha1, sha256, ...)."),
+    Setting("MAX_CONTENT_LENGTH", "max_content_length", "32mb", parse_size,
+            "Largest upload: <int> bytes or <int>kb|mb|gb, any case."),
+    Setting("BUCKETDAV_HOST", "host", "127.0.0.1", str.strip,
+            "Address to listen on (the Docker image uses 0.0.0.0)."),
+    Setting("BUCKETDAV_PORT", "port", "8080", parse_port, "TCP port to listen on."),
+    Setting("BUCKETDAV_EXTRACT_MAX_BYTES", "extract_max_bytes", "1gb", parse_size,
+            "Most bytes one archive or compressed file may expand to."),
+    Setting("BUCKETDAV_EXTRACT_MAX_FILES", "extract_max_files", "100000", _positive_int,
+            "Most members one archive may have."),
+    Setting("BUCKETDAV_MIN_FREE", "min_free", "1%", parse_free_space,
+            "Free space kept on the store's disk: uploads that would go below it get 507."),
+    Setting("BUCKETDAV_THREADS", "threads", "64", _positive_int,
+            "Worker threads; slow clients each hold one while they send."),
+    Setting("BUCKETDAV_MAX_UPLOADS", "max_uploads", "16", _positive_int,
+            "Uploads processed at once; more get 503 with Retry-After."),
+    Setting("BUCKETDAV_TIMEOUT", "timeout", "30", _seconds,
+            "Seconds a connection may stay silent before it is closed."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one bucketdav server."""
+
+    archive_dir: Path = Path("/tmp/bucket")
+    archive_uri: str | None = None
+    checksum_type: str = "md5"
+    max_content_length: int = 32 * 1024**2
+    host: str = "127.0.0.1"
+    port: int = 8080
+    extract_max_bytes: int = 1024**3
+    extract_max_files: int = 100_000
+    min_free: FreeSpace = FreeSpace(percent=1.0)
+    threads: int = 64
+    max_uploads: int = 16
+    timeout: float = 30.0
+    replicate: tuple[Template, ...] = field(default=())
+
+    def public(self) -> dict[str, Any]:
+        """The settings as JSON-ready values, for GET /config (nothing here is secret)."""
+        out: dict[str, Any] = {}
+        for setting in SETTINGS:
+            value = getattr(self, setting.attr)
+            if isinstance(value, Path | FreeSpace):
+                value = str(value)
+            out[setting.name] = value
+        out["MAX_CONTENT_LENGTH_TEXT"] = format_size(self.max_content_length)
+        for template in self.replicate:
+            out[template.variable] = template.text
+        out["replication"] = [
+            {"variable": t.variable, "template": t.text, "headers": list(t.headers)}
+            for t in self.replicate
+        ]
+        return out
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """Read `NAME=value` lines with `#` comments, as `docker run --env-file` does (no quoting)."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise SettingError(f"line {number}", raw, "expected NAME=value")
+        values[name.strip()] = value
+    return values
+
+
+def load_settings(
+    *,
+    environ: Mapping[str, str],
+    file_values: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | None] | None = None,
+) -> Settings:
+    """Merge defaults, config file, environment and flags (later wins) into Settings."""
+    merged: dict[str, str] = {}
+    for source in (file_values or {}, environ, {k: v for k, v in (flags or {}).items() if v}):
+        for name, value in source.items():
+            if name in _KNOWN or name in REPLICATE_NAMES:
+                merged[name] = str(value)
+    kwargs: dict[str, Any] = {}
+    for setting in SETTINGS:
+        text = merged.get(setting.name, setting.default)
+        try:
+            kwargs[setting.attr] = setting.parse(text)
+        except (ValueError, TypeError) as exc:
+            raise SettingError(setting.name, text, str(exc)) from None
+    templates = []
+    for name in REPLICATE_NAMES:
+        text = merged.get(name, "").strip()
+        if text:
+            try:
+                templates.append(parse_template(name, text))
+            except TemplateError as exc:
+                raise SettingError(name, text, str(exc)) from None
+    return Settings(**kwargs, replicate=tuple(templates))
+
+
+_KNOWN = frozenset(s.name for s in SETTINGS)

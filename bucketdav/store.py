@@ -1,0 +1,315 @@
+"""The content-addressed store on disk: staging, blobs, and placing links of blobs."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bucketdav.errors import ChecksumCollision, StoreFull
+from bucketdav.settings import FreeSpace
+
+log = logging.getLogger(__name__)
+
+PUBLIC_TREES = ("blob", "explode", "replica")
+# Digests strong enough that equal digests mean equal bytes; any other is checked byte by byte.
+STRONG_ALGORITHMS = frozenset(
+    {"sha224", "sha256", "sha384", "sha512", "sha512_224", "sha512_256", "blake2b", "blake2s",
+     "sha3_224", "sha3_256", "sha3_384", "sha3_512"}
+)
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_COMPARE_CHUNK = 1 << 20
+_SPACE_CHECK_EVERY = 16 << 20
+
+
+class StoreError(Exception):
+    """The store cannot be used as configured (start-up)."""
+
+
+@contextlib.contextmanager
+def disk_full_as_store_full() -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT from any file operation into StoreFull."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL_ERRNOS:
+            raise StoreFull("the store's disk is full; nothing of this upload was kept") from exc
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry so a link or rename in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A stored content: its digest, where it is, its size, and whether this call stored it."""
+
+    digest: str
+    path: Path
+    size: int
+    created: bool = False
+
+
+@dataclass
+class StagedFile:
+    """A file being written in staging/, hashed as it is written."""
+
+    path: Path
+    fd: int
+    hasher: hashlib._Hash
+    extra: dict[str, hashlib._Hash] = field(default_factory=dict)
+    size: int = 0
+    space_check: int = _SPACE_CHECK_EVERY
+    store: Store | None = None
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append `data`, hashing it in the same pass."""
+        self.hasher.update(data)
+        for extra in self.extra.values():
+            extra.update(data)
+        view = memoryview(data)
+        with disk_full_as_store_full():
+            while view:
+                view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+        if self.store is not None and self.size >= self.space_check:
+            self.space_check = self.size + _SPACE_CHECK_EVERY
+            self.store.check_space(0)
+
+    def hexdigest(self) -> str:
+        """The digest of everything written so far."""
+        return self.hasher.hexdigest()
+
+
+class Store:
+    """The store below one ARCHIVE_DIR: every write goes to staging/ first, then is linked in."""
+
+    def __init__(self, root: Path, algorithm: str, *, min_free: FreeSpace | None = None) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.algorithm = algorithm
+        self.digest_size = hashlib.new(algorithm).digest_size
+        self.min_free = min_free or FreeSpace()
+        self.staging = self.root / "staging"
+        self.blobs = self.root / "blob"
+        self.trees = self.root / "explode"
+        self.replicas = self.root / "replica"
+        self.trusts_digest = algorithm in STRONG_ALGORITHMS
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the layout, empty staging/, and check the store is one writable file system."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for path in (self.staging, self.blobs, self.trees, self.replicas):
+                path.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"ARCHIVE_DIR={self.root}: cannot create the store: {exc}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK) or not self.writable():
+            raise StoreError(f"ARCHIVE_DIR={self.root}: not writable by this user")
+        devices = {p.name: p.stat().st_dev for p in (self.staging, self.blobs, self.trees, self.replicas)}
+        if len(set(devices.values())) > 1:
+            raise StoreError(
+                f"ARCHIVE_DIR={self.root}: staging, blob, explode and replica must be on one "
+                f"file system (hard links), but are on {len(set(devices.values()))}"
+            )
+        self.clear_staging()
+
+    def clear_staging(self) -> int:
+        """Remove whatever an earlier run left in staging/; returns how many entries went."""
+        count = 0
+        for entry in os.scandir(self.staging):
+            count += 1
+            if entry.is_dir(follow_symlinks=False):
+                _make_writable(Path(entry.path))
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+        if count:
+            log.info("cleared %d leftover entries from staging/", count)
+        return count
+
+    # -- health and space --------------------------------------------------------------
+
+    def free_bytes(self) -> tuple[int, int]:
+        """Free bytes for this user and the watermark below which uploads are refused."""
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize, self.min_free.bytes_for(stat.f_blocks * stat.f_frsize)
+
+    def check_space(self, incoming: int) -> None:
+        """Raise StoreFull when `incoming` more bytes would take the disk below the watermark."""
+        free, watermark = self.free_bytes()
+        if free - incoming < watermark:
+            raise StoreFull(
+                f"the store keeps {watermark} bytes free and has {free}; "
+                f"{incoming} more do not fit. Try again once space is freed"
+            )
+
+    def writable(self) -> bool:
+        """True while a file can be created, written and removed in staging/."""
+        try:
+            fd, name = tempfile.mkstemp(dir=self.staging, prefix="health-")
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        except OSError:
+            return False
+        return True
+
+    def healthy(self) -> tuple[bool, str]:
+        """Whether uploads can be taken now, and why not."""
+        if not self.writable():
+            return False, "the store is not writable"
+        free, watermark = self.free_bytes()
+        if free < watermark:
+            return False, f"free space {free} is below the watermark {watermark}"
+        return True, "ok"
+
+    # -- names -------------------------------------------------------------------------
+
+    def new_hasher(self) -> hashlib._Hash:
+        """A fresh hash object of CHECKSUM_TYPE."""
+        return hashlib.new(self.algorithm)
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob of `digest` lives: blob/ab/cd/abcd…"""
+        return self.blobs / digest[:2] / digest[2:4] / digest
+
+    def tree_path(self, digest: str) -> Path:
+        """Where the extracted tree of the archive with `digest` lives: explode/ab/cd/abcd…/"""
+        return self.trees / digest[:2] / digest[2:4] / digest
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to ARCHIVE_DIR, with `/` separators."""
+        return path.relative_to(self.root).as_posix()
+
+    def find(self, digest: str) -> Blob | None:
+        """The stored blob of `digest` (already validated), or None."""
+        path = self.blob_path(digest)
+        try:
+            return Blob(digest, path, path.stat().st_size)
+        except FileNotFoundError:
+            return None
+
+    # -- writing -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def staged(self, *, extra: Iterable[str] = ()) -> Iterator[StagedFile]:
+        """A new file in staging/; removed on exit unless commit() took it."""
+        with disk_full_as_store_full():
+            fd, name = tempfile.mkstemp(dir=self.staging, prefix="up-")
+        staged = StagedFile(
+            path=Path(name), fd=fd, hasher=self.new_hasher(),
+            extra={algo: hashlib.new(algo) for algo in extra}, store=self,
+        )
+        try:
+            yield staged
+        finally:
+            if staged.fd >= 0:
+                os.close(staged.fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged.path)
+
+    def commit(self, staged: StagedFile) -> Blob:
+        """Flush the staged file and link it in as its blob; dedup, never substitute content."""
+        digest = staged.hexdigest()
+        dest = self.blob_path(digest)
+        with disk_full_as_store_full():
+            os.fsync(staged.fd)
+            os.close(staged.fd)
+            staged.fd = -1
+            os.chmod(staged.path, 0o444)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(staged.path, dest)
+            except FileExistsError:
+                if not self.trusts_digest and not same_bytes(staged.path, dest):
+                    log.error("checksum collision: %s %s differs from the stored blob",
+                              self.algorithm, digest)
+                    raise ChecksumCollision(
+                        f"{self.algorithm} {digest} is already stored with different content; "
+                        "the stored blob is kept and this upload is refused"
+                    ) from None
+                return Blob(digest, dest, staged.size, created=False)
+            fsync_dir(dest.parent)
+            fsync_dir(dest.parent.parent)
+        return Blob(digest, dest, staged.size, created=True)
+
+    def ingest(self, chunks: Iterable[bytes]) -> Blob:
+        """Store the bytes of `chunks` as a blob (deduplicated) and return it."""
+        with self.staged() as staged:
+            for chunk in chunks:
+                staged.write(chunk)
+            return self.commit(staged)
+
+    def place(self, source: Path, dest: Path) -> None:
+        """Make `dest` (which must not exist) a hard link of the blob `source`.
+
+        When the file system refuses another link (EMLINK), `dest` becomes a
+        read-only copy instead, made in staging/ and linked in, so it appears whole.
+        """
+        with disk_full_as_store_full():
+            try:
+                os.link(source, dest)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    raise
+            fd, name = tempfile.mkstemp(dir=self.staging, prefix="copy-")
+            try:
+                with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(src, out, _COMPARE_CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(name, 0o444)
+                os.link(name, dest)
+            finally:
+                os.unlink(name)
+
+    @contextlib.contextmanager
+    def staging_dir(self, prefix: str = "tree-") -> Iterator[Path]:
+        """A private directory in staging/ to build a tree in; removed on exit if still there."""
+        with disk_full_as_store_full():
+            path = Path(tempfile.mkdtemp(dir=self.staging, prefix=prefix))
+        try:
+            yield path
+        finally:
+            if path.exists():
+                _make_writable(path)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """True when the two files hold the same bytes."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        if os.fstat(fa.fileno()).st_size != os.fstat(fb.fileno()).st_size:
+            return False
+        while True:
+            ca, cb = fa.read(_COMPARE_CHUNK), fb.read(_COMPARE_CHUNK)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
+def _make_writable(tree: Path) -> None:
+    """Give the owner write access to every directory in `tree`, so it can be removed."""
+    for dirpath, _dirnames, _files in os.walk(tree):
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, 0o755)

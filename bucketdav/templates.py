@@ -1,0 +1,73 @@
+"""Replication templates such as `user/${Username}/${Topic}`: parsing and rendering."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bucketdav.naming import NameError_, header_segment
+
+_TOKEN_RE = re.compile(r"^\$\{([A-Za-z0-9][A-Za-z0-9_-]*)\}$")
+_PLAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+=,-]*$")
+
+
+class TemplateError(ValueError):
+    """A template is malformed; the message names the bad segment."""
+
+
+class TemplateSkipped(ValueError):
+    """A template yields no replica for this upload; the message says why."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template: each segment is a plain name or a header name (`is_header`)."""
+
+    variable: str
+    text: str
+    segments: tuple[tuple[bool, str], ...]
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        """The header names the template needs, as written."""
+        return tuple(value for is_header, value in self.segments if is_header)
+
+
+def parse_template(variable: str, text: str) -> Template:
+    """Parse `text`; each `/`-separated segment is a plain name or exactly one `${Header}`."""
+    segments = []
+    for part in text.strip().split("/"):
+        token = _TOKEN_RE.match(part)
+        if token:
+            segments.append((True, token.group(1)))
+        elif part and _PLAIN_RE.match(part) and "$" not in part:
+            segments.append((False, part))
+        else:
+            shown = part or "(empty)"
+            raise TemplateError(
+                f"segment {shown!r} is neither a plain name nor one ${{Header-Name}} token"
+            )
+    if not any(is_header for is_header, _ in segments):
+        raise TemplateError("needs at least one ${Header-Name} token")
+    return Template(variable=variable, text=text.strip(), segments=tuple(segments))
+
+
+def render_template(template: Template, headers: Mapping[str, str]) -> list[str]:
+    """Return the path segments for these request headers, or raise TemplateSkipped.
+
+    `headers` must be keyed by lower-case header name.
+    """
+    missing = [name for name in template.headers if name.lower() not in headers]
+    if missing:
+        raise TemplateSkipped(f"missing header {', '.join(missing)}")
+    out = []
+    for is_header, value in template.segments:
+        if not is_header:
+            out.append(value)
+            continue
+        try:
+            out.append(header_segment(headers[value.lower()]))
+        except NameError_ as exc:
+            raise TemplateSkipped(f"header {value}: {exc}") from None
+    return out

@@ -1,0 +1,102 @@
+"""What an upload becomes once its blob is stored: decompressed blob, tree, replicas."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from bucketdav.settings import Settings
+from bucketdav.store import Blob, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """An extracted archive: the digest of the tar or zip, its tree, and how many files."""
+
+    digest: str
+    path: Path
+    files: int
+    created: bool = False
+
+
+@dataclass
+class Outcome:
+    """Everything one upload made; each later step fills its part."""
+
+    blob: Blob
+    filename: str
+    decompressed: Blob | None = None
+    archive: Tree | None = None
+    replicas: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> Path:
+        """What replicas point at: the tree of an archive, else the file's blob."""
+        return self.archive.path if self.archive else self.blob.path
+
+
+def process(store: Store, settings: Settings, blob: Blob, *, filename: str,
+            headers: Mapping[str, str]) -> Outcome:
+    """Run the steps after storing the blob; `headers` are keyed by lower-case name."""
+    outcome = Outcome(blob=blob, filename=filename)
+    log.info(
+        "upload %s %s=%s size=%d new=%s decompressed=%s archive=%s replicas=%d",
+        filename, store.algorithm, blob.digest, blob.size, blob.created,
+        outcome.decompressed and outcome.decompressed.digest,
+        outcome.archive and outcome.archive.digest, len(outcome.replicas),
+    )
+    return outcome
+
+
+def describe(outcome: Outcome, *, store: Store, base_url: str, archive_uri: str | None) -> dict[str, Any]:
+    """The upload response body: the earlier service's fields plus `url`."""
+
+    def path_of(path: Path | None) -> str | None:
+        if path is None:
+            return None
+        relative = store.relative(path)
+        return f"{archive_uri.rstrip('/')}/{relative}" if archive_uri else relative
+
+    def url_of(path: Path | None) -> str | None:
+        if path is None:
+            return None
+        suffix = "/" if path.is_dir() else ""
+        return f"{base_url.rstrip('/')}/{quote(store.relative(path))}{suffix}"
+
+    decompressed = outcome.decompressed.path if outcome.decompressed else None
+    archive = outcome.archive.path if outcome.archive else None
+    replicas = outcome.replicas or None
+    return {
+        "code": 200,
+        "status": "Success",
+        "checksum": {
+            "blob": outcome.blob.digest,
+            "decompressed": outcome.decompressed and outcome.decompressed.digest,
+            "archive": outcome.archive and outcome.archive.digest,
+        },
+        "path": {
+            "blob": path_of(outcome.blob.path),
+            "decompressed": path_of(decompressed),
+            "archive": path_of(archive),
+            "replicas": [path_of(p) for p in replicas] if replicas else None,
+        },
+        "url": {
+            "blob": url_of(outcome.blob.path),
+            "decompressed": url_of(decompressed),
+            "archive": url_of(archive),
+            "replicas": [url_of(p) for p in replicas] if replicas else None,
+        },
+        "size": outcome.blob.size,
+        "algorithm": store.algorithm,
+        "filename": outcome.filename,
+        "files": outcome.archive.files if outcome.archive else None,
+        "created": outcome.blob.created,
+        "skipped": outcome.skipped,
+    }
