@@ -1,0 +1,54 @@
+"""Command line: `bucketdav serve` runs the server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bucketdav.settings import SettingError, Settings, load_settings, parse_env_file
+from bucketdav.store import StoreError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="bucketdav", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP and WebDAV server")
+    serve.add_argument("--host", help="address to listen on (BUCKETDAV_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on, 0 for any free one (BUCKETDAV_PORT, default 8080)")
+    serve.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
+    """Settings from the config file named by flag or environment, the environment and flags."""
+    config = args.config or environ.get("BUCKETDAV_CONFIG")
+    file_values = {}
+    if config:
+        try:
+            with open(config, encoding="utf-8") as handle:
+                file_values = parse_env_file(handle.read())
+        except OSError as exc:
+            raise SettingError("BUCKETDAV_CONFIG", config, exc.strerror or str(exc)) from None
+    flags = {"BUCKETDAV_HOST": args.host, "BUCKETDAV_PORT": args.port}
+    return load_settings(environ=environ, file_values=file_values, flags=flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args, dict(os.environ))
+        if args.command == "serve":
+            from bucketdav.server import serve
+
+            serve(settings)
+    except (SettingError, StoreError) as exc:
+        print(f"bucketdav: {exc}", file=sys.stderr)
+        return 2
+    return 0

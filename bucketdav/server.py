@@ -1,0 +1,136 @@
+"""One Cheroot process: the API for its paths, WebDAV for everything else."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
+from typing import Any
+
+from cheroot import wsgi
+
+from bucketdav.api import Api, is_api_path
+from bucketdav.dav import make_dav_app
+from bucketdav.settings import Settings
+from bucketdav.store import Store
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("bucketdav.access")
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+MAX_HEADER_BYTES = 64 * 1024
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+# Anything that does not set its own policy (downloads, JSON) may not run on this origin.
+DEFAULT_CSP = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
+
+
+def make_app(settings: Settings, store: Store) -> WsgiApp:
+    """The whole server as one WSGI app: API paths to Bottle, the rest to WebDAV."""
+    api = Api(settings, store).app()
+    dav = make_dav_app(settings, store)
+
+    def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        target = api if is_api_path(environ.get("PATH_INFO", "")) else dav
+        return target(environ, start_response)
+
+    return with_headers_and_log(dispatch)
+
+
+def with_headers_and_log(app: WsgiApp) -> WsgiApp:
+    """Add the security headers to every response and log one line per request."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.monotonic()
+        query = environ.get("QUERY_STRING")
+        seen: dict[str, Any] = {
+            "status": "-",
+            "target": environ.get("PATH_INFO", "") + (f"?{query}" if query else ""),
+        }
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            seen["status"] = status.split(" ", 1)[0]
+            names = {name.lower() for name, _ in headers}
+            headers.extend(h for h in SECURITY_HEADERS if h[0].lower() not in names)
+            if "content-security-policy" not in names:
+                headers.append(("Content-Security-Policy", DEFAULT_CSP))
+            return start_response(status, headers, exc_info)
+
+        body = app(environ, start)
+        return _Logged(body, environ, seen, started)
+
+    return wrapped
+
+
+class _Logged:
+    """Passes a response body through and writes the access-log line when it is closed."""
+
+    def __init__(self, body: Iterable[bytes], environ: dict[str, Any], seen: dict[str, Any],
+                 started: float) -> None:
+        self.body = body
+        self.environ = environ
+        self.seen = seen
+        self.started = started
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.body:
+            self.sent += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close:
+                close()
+        finally:
+            env = self.environ
+            access_log.info(
+                '%s "%s %s %s" %s %d %.3fs',
+                env.get("REMOTE_ADDR", "-"), env.get("REQUEST_METHOD"),
+                self.seen["target"], env.get("SERVER_PROTOCOL"), self.seen["status"], self.sent,
+                time.monotonic() - self.started,
+            )
+
+
+def build_server(settings: Settings, store: Store) -> wsgi.Server:
+    """A Cheroot server for this store, sized so slow clients cannot starve it."""
+    server = wsgi.Server(
+        (settings.host, settings.port),
+        make_app(settings, store),
+        numthreads=settings.threads,
+        server_name="bucketdav",
+        timeout=max(1, int(settings.timeout)),
+        shutdown_timeout=max(1, int(settings.timeout)),
+        request_queue_size=128,
+    )
+    server.max_request_header_size = MAX_HEADER_BYTES
+    return server
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(settings: Settings) -> None:
+    """Open the store and serve until SIGINT or SIGTERM, then finish requests in flight."""
+    store = Store(settings.archive_dir, settings.checksum_type, min_free=settings.min_free)
+    store.open()
+    server = build_server(settings, store)
+    server.prepare()
+    host, port = server.bind_addr[:2]
+    log.info("bucketdav listening on http://%s:%d/ store %s (%s)",
+             host, port, store.root, store.algorithm)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        log.info("stopping: finishing requests in flight")
+    finally:
+        server.stop()
+        log.info("stopped")
