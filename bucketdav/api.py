@@ -236,13 +236,14 @@ class Api:
 
     def app(self) -> bottle.Bottle:
         """The Bottle application with every route and JSON error handling."""
-        app = bottle.Bottle(catchall=False)
+        app = bottle.Bottle()
         route = functools.partial(_route, app)
         route("/upload", ["GET"], self.page)
         route("/upload/", ["GET"], self.page)
         route("/upload", ["POST"], self.post)
         route("/upload/", ["POST"], self.post)
         route("/upload", ["PUT"], self.put)
+        route("/upload/", ["PUT"], self.put)
         route("/upload/<name:path>", ["PUT"], self.put)
         route("/checksum/<text>", ["GET"], self.checksum)
         route("/config", ["GET"], self.config)

@@ -1,0 +1,57 @@
+"""Small helpers shared by tests: hashing, walking a store, multipart bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+# A real MD5 collision: two different 128-byte blocks with the same MD5.
+MD5_COLLISION_A = bytes.fromhex(
+    "d131dd02c5e6eec4693d9a0698aff95c2fcab58712467eab4004583eb8fb7f89"
+    "55ad340609f4b30283e488832571415a085125e8f7cdc99fd91dbdf280373c5b"
+    "d8823e3156348f5bae6dacd436c919c6dd53e2b487da03fd02396306d248cda0"
+    "e99f33420f577ee8ce54b67080a80d1ec69821bcb6a8839396f9652b6ff72a70"
+)
+MD5_COLLISION_B = bytes.fromhex(
+    "d131dd02c5e6eec4693d9a0698aff95c2fcab50712467eab4004583eb8fb7f89"
+    "55ad340609f4b30283e4888325f1415a085125e8f7cdc99fd91dbd7280373c5b"
+    "d8823e3156348f5bae6dacd436c919c6dd53e23487da03fd02396306d248cda0"
+    "e99f33420f577ee8ce54b67080280d1ec69821bcb6a8839396f965ab6ff72a70"
+)
+
+
+def md5(data: bytes) -> str:
+    """Hex MD5 of `data`."""
+    return hashlib.md5(data).hexdigest()  # noqa: S324 - the store's default checksum
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every non-directory entry below `root`, sorted."""
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        out.extend(Path(dirpath) / name for name in files)
+    return sorted(out)
+
+
+def assert_blobs_sound(root: Path, algorithm: str = "md5") -> None:
+    """Every file under blob/ hashes to its name and sits in its fan-out directory."""
+    for path in files_under(root / "blob"):
+        digest = hashlib.new(algorithm, path.read_bytes()).hexdigest()
+        assert path.name == digest, f"{path} holds content {digest}"
+        assert path.parent.name == digest[2:4] and path.parent.parent.name == digest[:2]
+
+
+def multipart_body(fields: list[tuple[str, str | None, bytes]],
+                   boundary: str = "bucketdavtestboundary") -> tuple[bytes, str]:
+    """A multipart/form-data body of (name, filename, data) parts, and its Content-Type."""
+    out = bytearray()
+    for name, filename, data in fields:
+        out += f"--{boundary}\r\n".encode()
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"Content-Disposition: {disposition}\r\n\r\n".encode("utf-8", "surrogateescape")
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
