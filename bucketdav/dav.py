@@ -1,29 +1,248 @@
-"""WebDAV side: the public trees of the store, read-only."""
+"""WebDAV side: the public trees of the store, read-only, with fast paths for common requests."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from wsgidav.fs_dav_provider import FilesystemProvider
+from wsgidav.error_printer import ErrorPrinter
+from wsgidav.http_authenticator import HTTPAuthenticator
+from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
+from bucketdav.dav_fs import Node, PublicTree
+from bucketdav.dav_get import serve_file
+from bucketdav.dav_props import BadPropfind, Renderer, href_of, parse_propfind
+from bucketdav.dav_provider import StoreProvider
 from bucketdav.settings import Settings
-from bucketdav.store import PUBLIC_TREES, Store
+from bucketdav.store import Store
+
+log = logging.getLogger(__name__)
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+READ_METHODS = frozenset({"OPTIONS", "GET", "HEAD", "PROPFIND"})
+ALLOW = "OPTIONS, GET, HEAD, PROPFIND"
+# A PROPFIND names a few properties; anything bigger is not a real client.
+MAX_PROPFIND_BODY = 64 << 10
+FINITE_DEPTH = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n'
+    b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
+)
 
 
-def make_dav_app(settings: Settings, store: Store) -> Callable[..., Any]:
-    """A WsgiDAV application serving blob/, explode/ and replica/ read-only."""
-    config = {
-        "provider_mapping": {
-            f"/{name}": FilesystemProvider(str(store.root / name), readonly=True)
-            for name in PUBLIC_TREES
-        },
+def dav_config(provider: StoreProvider) -> dict[str, Any]:
+    """The WsgiDAV configuration: anonymous read, no locks, no dead properties, no browser."""
+    return {
+        "provider_mapping": {"/": provider},
         "simple_dc": {"user_mapping": {"*": True}},
-        "fs_dav_provider": {"follow_symlinks": True},
+        "http_authenticator": {
+            "accept_basic": True,
+            "accept_digest": False,
+            "default_to_digest": False,
+        },
         "lock_storage": None,
         "property_manager": None,
+        "dir_browser": {"enable": False},
+        "middleware_stack": [ErrorPrinter, HTTPAuthenticator, RequestResolver],
         "logging": {"enable": False},
         "verbose": 1,
+        "suppress_version_info": True,
+        "block_size": 1 << 20,
     }
-    return WsgiDAVApp(config)
+
+
+def make_dav_app(settings: Settings, store: Store, *, fast: bool = True) -> WsgiApp:
+    """The read-only WebDAV application over blob/, explode/ and replica/ of `store`.
+
+    With `fast` off, every read goes through WsgiDAV's generic code (tests compare the two).
+    """
+    tree = PublicTree(str(store.root), store.algorithm)
+    wsgidav = WsgiDAVApp(dav_config(StoreProvider(tree)))
+    return DavApp(tree, wsgidav, fast=fast)
+
+
+def _plain(
+    start_response: Callable[..., Any],
+    status: str,
+    text: str,
+    extra: Iterable[tuple[str, str]] = (),
+) -> list[bytes]:
+    body = text.encode("utf-8")
+    start_response(
+        status,
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *extra],
+    )
+    return [body]
+
+
+def decode_path(environ: dict[str, Any]) -> str | None:
+    """PATH_INFO as text (WSGI hands it over as latin-1 of the raw bytes); None if not UTF-8."""
+    raw = environ.get("PATH_INFO") or "/"
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
+
+
+def _body_length(environ: dict[str, Any]) -> int | None:
+    """The declared body length, -1 for a chunked body, None when the header is invalid."""
+    text = (environ.get("CONTENT_LENGTH") or "").strip()
+    if not text:
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        return -1 if chunked else 0
+    return int(text) if text.isdigit() else None
+
+
+def read_bounded(environ: dict[str, Any], limit: int) -> bytes | None:
+    """The request body, or None when it is longer than `limit`."""
+    length = _body_length(environ)
+    if length is None or length > limit:
+        return None
+    stream = environ["wsgi.input"]
+    if length == 0:
+        return b""
+    if length > 0:
+        return stream.read(length)
+    data = stream.read(limit + 1)
+    return None if len(data) > limit else data
+
+
+class DavApp:
+    """Guards every request (methods, paths, Depth, body size), then answers or hands over."""
+
+    def __init__(self, tree: PublicTree, wsgidav: WsgiApp, *, fast: bool) -> None:
+        self.tree = tree
+        self.wsgidav = wsgidav
+        self.fast = fast
+        self.renderer = Renderer(tree)
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in READ_METHODS:
+            return self._refuse(environ, start_response, method)
+        path = decode_path(environ)
+        if path is None:
+            return _plain(start_response, "404 Not Found", "not found\n")
+        if method == "PROPFIND":
+            return self._propfind(environ, start_response, path)
+        if method in ("GET", "HEAD"):
+            node = self.tree.lookup(path)
+            if node is None:
+                return _plain(start_response, "404 Not Found", "not found\n")
+            if node.is_dir:
+                return self._listing(environ, start_response, node, head=method == "HEAD")
+            if self.fast:
+                return serve_file(self.tree, node, environ, start_response, head=method == "HEAD")
+        return self.wsgidav(environ, start_response)
+
+    def _refuse(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], method: str
+    ) -> list[bytes]:
+        # An unread body would be taken for the next request: drain a small one, else close.
+        extra = [("Allow", ALLOW)]
+        if read_bounded(environ, MAX_PROPFIND_BODY) is None:
+            extra.append(("Connection", "close"))
+        return _plain(
+            start_response,
+            "405 Method Not Allowed",
+            f"{method} is not allowed: this WebDAV share is read-only; "
+            "upload with POST /upload or PUT /upload/<name>\n",
+            extra,
+        )
+
+    def _propfind(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], path: str
+    ) -> Iterable[bytes]:
+        depth = (environ.get("HTTP_DEPTH") or "1").strip().lower()
+        if depth == "infinity":
+            read_bounded(environ, MAX_PROPFIND_BODY)
+            start_response(
+                "403 Forbidden",
+                [
+                    ("Content-Type", "application/xml; charset=utf-8"),
+                    ("Content-Length", str(len(FINITE_DEPTH))),
+                ],
+            )
+            return [FINITE_DEPTH]
+        if depth not in ("0", "1"):
+            return _plain(
+                start_response,
+                "400 Bad Request",
+                "Depth must be 0 or 1\n",
+                [("Connection", "close")],
+            )
+        if _body_length(environ) is None:
+            return _plain(
+                start_response,
+                "400 Bad Request",
+                "invalid Content-Length\n",
+                [("Connection", "close")],
+            )
+        body = read_bounded(environ, MAX_PROPFIND_BODY)
+        if body is None:
+            return _plain(
+                start_response,
+                "413 Content Too Large",
+                f"a PROPFIND body may have at most {MAX_PROPFIND_BODY} bytes\n",
+                [("Connection", "close")],
+            )
+        try:
+            request = parse_propfind(body)
+        except BadPropfind as exc:
+            return _plain(start_response, "400 Bad Request", f"{exc}\n")
+        node = self.tree.lookup(path)
+        if node is None:
+            return _plain(start_response, "404 Not Found", "not found\n")
+        if self.fast and request.mode != "propname":
+            nodes: list[Node] = [node]
+            if depth == "1" and node.is_dir:
+                nodes.extend(self.tree.children(node))
+            xml = self.renderer.multistatus(nodes, request)
+            start_response(
+                "207 Multi-Status",
+                [
+                    ("Content-Type", "application/xml; charset=utf-8"),
+                    ("Content-Length", str(len(xml))),
+                ],
+            )
+            return [xml]
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        environ["HTTP_DEPTH"] = depth
+        return self.wsgidav(environ, start_response)
+
+    def _listing(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], node: Node, *, head: bool
+    ) -> Iterable[bytes]:
+        href = href_of(node)
+        if not (environ.get("PATH_INFO") or "/").endswith("/"):
+            return _plain(
+                start_response, "301 Moved Permanently", f"see {href}\n", [("Location", href)]
+            )
+        from bucketdav import listing  # owned by the pages; imported late so DAV works without
+
+        entries = [
+            listing.Entry(
+                name=child.name,
+                href=href_of(child),
+                is_dir=child.is_dir,
+                size=None if child.is_dir else child.size,
+                mtime=child.mtime,
+                checksum=self.tree.known_checksum(child),
+                count=None,
+            )
+            for child in self.tree.children(node)
+        ]
+        page = listing.render_listing(
+            path=node.path.rstrip("/") + "/", entries=entries, upload_url="/upload"
+        ).encode("utf-8")
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))],
+        )
+        return [b""] if head else [page]

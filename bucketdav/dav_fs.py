@@ -1,0 +1,270 @@
+"""The public view of the store for WebDAV: confined lookups, listings and file checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import os
+import re
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bucketdav.store import PUBLIC_TREES
+
+log = logging.getLogger(__name__)
+
+# Files up to this size are hashed on demand for an ETag or checksum; bigger ones only
+# get a checksum when they are blobs (named by it), so one request never reads gigabytes.
+HASH_ON_DEMAND_MAX = 64 << 20
+CACHE_ENTRIES = 65536
+_HASH_BLOCK = 1 << 20
+# Content a browser would run or render as a document of this origin.
+_ACTIVE_TYPE = re.compile(r"html|xml|svg|javascript|ecmascript|xsl", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One visible file or folder: its public path, where it really is, and one stat of it."""
+
+    path: str
+    real: str
+    is_dir: bool
+    size: int
+    mtime: float
+    dev: int
+    ino: int
+    mtime_ns: int
+    # Real folders passed on the way here; a link back to one of them would loop.
+    seen: frozenset[str] = frozenset()
+
+    @property
+    def name(self) -> str:
+        """The last segment of the public path ("" for the root)."""
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def split_path(path: str) -> list[str] | None:
+    """The segments of a decoded URL path, or None when one of them could climb or is unsafe."""
+    parts = [p for p in path.split("/") if p]
+    for part in parts:
+        if part in (".", "..") or "\x00" in part or "\\" in part:
+            return None
+    return parts
+
+
+def confine(root: str, parts: list[str]) -> str | None:
+    """The real path of `parts` below `root`, or None unless it stays inside a public tree."""
+    if not parts or parts[0] not in PUBLIC_TREES:
+        return None
+    real = os.path.realpath(os.path.join(root, *parts))
+    return real if inside_public(root, real) else None
+
+
+def inside_public(root: str, real: str) -> bool:
+    """True when the resolved path `real` is one of the public trees or below one."""
+    for tree in PUBLIC_TREES:
+        base = os.path.join(root, tree)
+        if real == base or real.startswith(base + os.sep):
+            return True
+    return False
+
+
+def content_type(name: str) -> str:
+    """The media type a file name suggests; unknown names download as octet-stream."""
+    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    if encoding or not guessed:
+        return "application/octet-stream"
+    return guessed
+
+
+def is_active(media_type: str) -> bool:
+    """True for content a browser would run (HTML, SVG, XML, JavaScript)."""
+    return bool(_ACTIVE_TYPE.search(media_type))
+
+
+class ChecksumCache:
+    """Digests of non-blob files, computed on demand and kept in memory (LRU, bounded)."""
+
+    def __init__(self, algorithm: str, limit: int = CACHE_ENTRIES) -> None:
+        self.algorithm = algorithm
+        self.limit = limit
+        self._items: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, node: Node) -> str | None:
+        """The cached digest of `node`'s content, if known."""
+        key = (node.dev, node.ino, node.size, node.mtime_ns)
+        with self._lock:
+            digest = self._items.get(key)
+            if digest is not None:
+                self._items.move_to_end(key)
+            return digest
+
+    def compute(self, node: Node) -> str | None:
+        """Hash `node`'s file and remember it; None when it cannot be read."""
+        hasher = hashlib.new(self.algorithm)
+        try:
+            with open(node.real, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if (st.st_ino, st.st_size, st.st_mtime_ns) != (node.ino, node.size, node.mtime_ns):
+                    return None
+                while block := fh.read(_HASH_BLOCK):
+                    hasher.update(block)
+        except OSError:
+            return None
+        digest = hasher.hexdigest()
+        with self._lock:
+            self._items[(node.dev, node.ino, node.size, node.mtime_ns)] = digest
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+        return digest
+
+
+class PublicTree:
+    """Read-only access to blob/, explode/ and replica/ of one store, and nothing else."""
+
+    def __init__(self, root: str, algorithm: str) -> None:
+        self.root = os.path.realpath(root)
+        self.algorithm = algorithm
+        self.digest_len = hashlib.new(algorithm).digest_size * 2
+        self.blobs = os.path.join(self.root, "blob") + os.sep
+        self.cache = ChecksumCache(algorithm)
+
+    def lookup(self, path: str) -> Node | None:
+        """The node at a decoded URL path, or None when it is missing, hidden or outside."""
+        parts = split_path(path)
+        if parts is None:
+            return None
+        if not parts:
+            return self._node("/", self.root, frozenset())
+        if parts[0] not in PUBLIC_TREES:
+            return None
+        real = self.root
+        seen = {real}
+        for part in parts:
+            candidate = os.path.join(real, part)
+            try:
+                st = os.lstat(candidate)
+            except (OSError, ValueError):
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                candidate = os.path.realpath(candidate)
+                if not inside_public(self.root, candidate) or candidate in seen:
+                    return None
+            if candidate in seen:
+                return None
+            real = candidate
+            seen.add(real)
+        if not inside_public(self.root, real):
+            return None
+        return self._node("/" + "/".join(parts), real, frozenset(seen))
+
+    def _node(self, path: str, real: str, seen: frozenset[str]) -> Node | None:
+        try:
+            st = os.stat(real)
+        except (OSError, ValueError):
+            return None
+        return _make_node(path, real, st, seen)
+
+    def children(self, node: Node) -> Iterator[Node]:
+        """The visible members of a folder, sorted by name; unreadable ones are left out."""
+        base = node.path.rstrip("/")
+        if node.path == "/":
+            for tree in PUBLIC_TREES:
+                child = self._node(f"/{tree}", os.path.join(self.root, tree), frozenset())
+                if child is not None and child.is_dir:
+                    yield child
+            return
+        try:
+            with os.scandir(node.real) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", node.path, exc)
+            return
+        for entry in entries:
+            name = entry.name
+            if not _printable(name):
+                continue
+            child = self._child(node, entry, f"{base}/{name}")
+            if child is not None:
+                yield child
+
+    def _child(self, parent: Node, entry: os.DirEntry[str], path: str) -> Node | None:
+        try:
+            if not entry.is_symlink():
+                return _make_node(path, entry.path, entry.stat(follow_symlinks=False), parent.seen)
+            real = os.path.realpath(entry.path)
+            if not inside_public(self.root, real):
+                return None
+            st = os.stat(real)
+        except (OSError, ValueError):
+            return None
+        if stat.S_ISDIR(st.st_mode) and (
+            real in parent.seen or parent.real == real or parent.real.startswith(real + os.sep)
+        ):
+            return None
+        return _make_node(path, real, st, parent.seen)
+
+    def known_checksum(self, node: Node) -> str | None:
+        """The digest of a file when it costs nothing: a blob's name, or a cached result."""
+        if node.is_dir:
+            return None
+        if node.real.startswith(self.blobs):
+            name = node.real.rsplit(os.sep, 1)[-1]
+            if len(name) == self.digest_len:
+                return name
+        return self.cache.get(node)
+
+    def checksum(self, node: Node, budget: list[int] | None = None) -> str | None:
+        """The digest of a file, hashing it if small enough and `budget` (bytes left) allows."""
+        digest = self.known_checksum(node)
+        if digest is not None or node.is_dir or node.size > HASH_ON_DEMAND_MAX:
+            return digest
+        if budget is not None:
+            if budget[0] < node.size:
+                return None
+            budget[0] -= node.size
+        return self.cache.compute(node)
+
+    def etag(self, node: Node, budget: list[int] | None = None) -> str | None:
+        """A strong ETag value (unquoted): the checksum when known, else the file's identity."""
+        if node.is_dir:
+            return None
+        digest = self.checksum(node, budget)
+        if digest is not None:
+            return digest
+        return f"{node.ino:x}-{node.size:x}-{node.mtime_ns:x}"
+
+
+def _make_node(path: str, real: str, st: os.stat_result, seen: frozenset[str]) -> Node | None:
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        is_dir = True
+    elif stat.S_ISREG(mode):
+        is_dir = False
+    else:
+        return None
+    return Node(
+        path,
+        real,
+        is_dir,
+        0 if is_dir else st.st_size,
+        st.st_mtime,
+        st.st_dev,
+        st.st_ino,
+        st.st_mtime_ns,
+        seen,
+    )
+
+
+def _printable(name: str) -> bool:
+    """False for names that are not UTF-8 on disk or hold control characters XML cannot carry."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not any(ord(c) < 32 or ord(c) == 127 for c in name)

@@ -1,0 +1,197 @@
+"""GET and HEAD of a file: conditional requests, one byte range, streamed in large blocks."""
+
+from __future__ import annotations
+
+import email.utils
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bucketdav.dav_fs import Node, PublicTree, content_type, is_active
+from bucketdav.dav_props import http_date
+
+# Cheroot has no sendfile; big blocks keep the per-chunk Python cost small.
+BLOCK_SIZE = 1 << 20
+
+
+class Unsatisfiable(ValueError):
+    """The Range header asks for bytes the file does not have."""
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The (first, last) byte of a single `bytes=` range; None when it should be ignored."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # other units and multiple ranges: send the whole file, as RFC 9110 allows
+    first_text, dash, last_text = spec.strip().partition("-")
+    first_text, last_text = first_text.strip(), last_text.strip()
+    if (
+        not dash
+        or not (first_text.isdigit() or first_text == "")
+        or not (last_text.isdigit() or last_text == "")
+    ):
+        return None
+    if first_text == "":
+        if last_text == "":
+            return None
+        length = int(last_text)
+        if length == 0 or size == 0:
+            raise Unsatisfiable
+        return max(0, size - length), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last < first:
+        return None
+    if first >= size:
+        raise Unsatisfiable
+    return first, min(last, size - 1)
+
+
+def _etags(header: str) -> list[str]:
+    """The entity tags of an If-Match / If-None-Match header, unquoted, weakness dropped."""
+    tags = []
+    for item in header.split(","):
+        tag = item.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        tags.append(tag.strip('"'))
+    return tags
+
+
+def _date(header: str | None) -> float | None:
+    if not header:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def precondition(environ: dict[str, Any], etag: str, mtime: float) -> int | None:
+    """304 or 412 when a conditional header says so (RFC 9110 order), else None."""
+    modified = int(mtime)
+    if_match = environ.get("HTTP_IF_MATCH")
+    if if_match is not None:
+        tags = _etags(if_match)
+        if "*" not in tags and etag not in tags:
+            return 412
+    else:
+        since = _date(environ.get("HTTP_IF_UNMODIFIED_SINCE"))
+        if since is not None and modified > since:
+            return 412
+    if_none = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none is not None:
+        tags = _etags(if_none)
+        if "*" in tags or etag in tags:
+            return 304
+    else:
+        since = _date(environ.get("HTTP_IF_MODIFIED_SINCE"))
+        if since is not None and modified <= since:
+            return 304
+    return None
+
+
+def _range_applies(environ: dict[str, Any], etag: str, mtime: float) -> bool:
+    """If-Range: the range holds only while the file is the one the client has part of."""
+    if_range = environ.get("HTTP_IF_RANGE")
+    if if_range is None:
+        return True
+    if_range = if_range.strip()
+    if if_range.startswith('"'):
+        return if_range.strip('"') == etag
+    date = _date(if_range)
+    return date is not None and int(mtime) == int(date)
+
+
+class FileBody:
+    """A WSGI body reading `length` bytes of an open file from `offset`, closed when done."""
+
+    def __init__(self, fd: int, offset: int, length: int, block: int = BLOCK_SIZE) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.remaining = length
+        self.block = block
+
+    def __iter__(self) -> Iterator[bytes]:
+        fd, block = self.fd, self.block
+        if self.offset:
+            os.lseek(fd, self.offset, os.SEEK_SET)
+        while self.remaining > 0:
+            chunk = os.read(fd, min(block, self.remaining))
+            if not chunk:
+                break
+            self.remaining -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        """Release the file."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def file_headers(node: Node, etag: str) -> list[tuple[str, str]]:
+    """Headers every answer about this file carries."""
+    media = content_type(node.name)
+    headers = [
+        ("Content-Type", media),
+        ("Last-Modified", http_date(node.mtime)),
+        ("ETag", f'"{etag}"'),
+        ("Accept-Ranges", "bytes"),
+        ("X-Content-Type-Options", "nosniff"),
+    ]
+    if is_active(media):
+        headers.append(("Content-Security-Policy", "sandbox"))
+    return headers
+
+
+def serve_file(
+    tree: PublicTree,
+    node: Node,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    *,
+    head: bool,
+) -> Any:
+    """Answer GET or HEAD of a file node."""
+    etag = tree.etag(node) or ""
+    headers = file_headers(node, etag)
+    status = precondition(environ, etag, node.mtime)
+    if status is not None:
+        kept = [h for h in headers if h[0] in ("Last-Modified", "ETag", "X-Content-Type-Options")]
+        start_response(
+            "304 Not Modified" if status == 304 else "412 Precondition Failed",
+            [*kept, ("Content-Length", "0")],
+        )
+        return [b""]
+    size = node.size
+    first, last, partial = 0, size - 1, False
+    range_header = environ.get("HTTP_RANGE")
+    if range_header and _range_applies(environ, etag, node.mtime):
+        try:
+            wanted = parse_range(range_header, size)
+        except Unsatisfiable:
+            start_response(
+                "416 Range Not Satisfiable",
+                [
+                    ("Content-Range", f"bytes */{size}"),
+                    ("Content-Length", "0"),
+                    ("Content-Type", "text/plain"),
+                ],
+            )
+            return [b""]
+        if wanted is not None:
+            (first, last), partial = wanted, True
+    length = last - first + 1 if size else 0
+    headers.append(("Content-Length", str(length)))
+    if partial:
+        headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+    try:
+        fd = -1 if head else os.open(node.real, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+        return [b"not found\n"]
+    start_response("206 Partial Content" if partial else "200 OK", headers)
+    if head:
+        return [b""]
+    return FileBody(fd, first, length)
