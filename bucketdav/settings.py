@@ -182,8 +182,8 @@ def parse_env_file(text: str) -> dict[str, str]:
     """Read `NAME=value` lines with `#` comments, as `docker run --env-file` does (no quoting)."""
     values: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        line = raw.lstrip()
+        if not line.strip() or line.startswith("#"):
             continue
         name, sep, value = line.partition("=")
         if not sep or not name.strip():
