@@ -197,7 +197,8 @@ class DavApp:
         node = self.tree.lookup(path)
         if node is None:
             return _plain(start_response, "404 Not Found", "not found\n")
-        if self.fast and request.mode != "propname":
+        # WsgiDAV 4.4 reads propname as "name" and answers it empty, so propname is ours too.
+        if self.fast or request.mode == "propname":
             nodes: list[Node] = [node]
             if depth == "1" and node.is_dir:
                 nodes.extend(self.tree.children(node))

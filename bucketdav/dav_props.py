@@ -98,6 +98,8 @@ class Renderer:
     def multistatus(self, nodes: Iterable[Node], request: PropRequest) -> bytes:
         """The whole 207 body for `nodes` answering `request`."""
         budget = [HASH_BUDGET]
+        if request.mode == "propname":
+            return self._propnames(nodes)
         names = ALLPROP if request.mode == "allprop" else request.names
         parts = [
             '<?xml version="1.0" encoding="utf-8"?>\n'
@@ -105,6 +107,21 @@ class Renderer:
         ]
         for node in nodes:
             parts.append(self._response(node, names, budget, strict=request.mode == "prop"))
+        parts.append("</D:multistatus>\n")
+        return "".join(parts).encode("utf-8")
+
+    def _propnames(self, nodes: Iterable[Node]) -> bytes:
+        parts = [
+            '<?xml version="1.0" encoding="utf-8"?>\n'
+            f'<D:multistatus xmlns:D="DAV:" xmlns:oc="{OC}">'
+        ]
+        for node in nodes:
+            names = ALLPROP[:3] if node.is_dir else (*ALLPROP, CHECKSUMS)
+            parts.append(
+                f"<D:response><D:href>{href_of(node)}</D:href><D:propstat><D:prop>"
+                f"{''.join(_empty_element(name) for name in names)}</D:prop>"
+                "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+            )
         parts.append("</D:multistatus>\n")
         return "".join(parts).encode("utf-8")
 
