@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # First path segments the API answers; every other path belongs to WebDAV.
 API_ROOTS = frozenset({"upload", "checksum", "config", "healthz", "static", "connect"})
 STATIC_DIR = Path(__file__).parent / "static"
-READ_SIZE = 1 << 20
+READ_SIZE = 256 << 10
 # Room for multipart boundaries and part headers on top of MAX_CONTENT_LENGTH.
 MULTIPART_SLACK = 64 * 1024
 # Form fields other than `file` are small; more than this is not a form we expect.
@@ -127,8 +127,9 @@ def body_chunks(environ: dict[str, Any], *, length: int | None, limit: int) -> I
         yield chunk
 
 
-def read_multipart(chunks: Iterator[bytes], boundary: str, staged: StagedFile, *,
-                   max_file: int) -> str:
+def read_multipart(
+    chunks: Iterator[bytes], boundary: str, staged: StagedFile, *, max_file: int
+) -> str:
     """Stream the `file` part of a multipart body into `staged`; return its file name."""
     filename: str | None = None
     target: StagedFile | None = None
@@ -201,11 +202,12 @@ def _digest_size(algorithm: str) -> int:
     return hashlib.new(algorithm).digest_size
 
 
-def verify_checksums(staged: StagedFile, expected: list[tuple[str, str, str]],
-                     algorithm: str) -> None:
+def verify_checksums(
+    staged: StagedFile, expected: list[tuple[str, str, str]], algorithm: str
+) -> None:
     """Raise ChecksumMismatch unless every expected checksum matches what was received."""
     for header, algo, want in expected:
-        got = staged.hexdigest() if algo == algorithm else staged.extra[algo].hexdigest()
+        got = staged.hexdigest() if algo == algorithm else staged.extra_hexdigest(algo)
         if got != want:
             raise ChecksumMismatch(
                 f"{header} says {algo} {want} but the content received has {got}; nothing was kept"
@@ -271,8 +273,9 @@ class Api:
     def healthz(self) -> str:
         ok, reason = self.store.healthy()
         bottle.response.status = 200 if ok else 503
-        return _json({"code": 200 if ok else 503, "status": "ok" if ok else "unavailable",
-                      "detail": reason})
+        return _json(
+            {"code": 200 if ok else 503, "status": "ok" if ok else "unavailable", "detail": reason}
+        )
 
     def checksum(self, text: str) -> str:
         digest = normalize_digest(text, self.store.digest_size)
@@ -284,13 +287,15 @@ class Api:
         blob = self.store.find(digest)
         if blob is None:
             raise UnknownContent(f"no content with {self.store.algorithm} {digest} is stored")
-        return _json({
-            "checksum": blob.digest,
-            "algorithm": self.store.algorithm,
-            "size": blob.size,
-            "path": self.store.relative(blob.path),
-            "url": f"{_base_url()}/{quote(self.store.relative(blob.path))}",
-        })
+        return _json(
+            {
+                "checksum": blob.digest,
+                "algorithm": self.store.algorithm,
+                "size": blob.size,
+                "path": self.store.relative(blob.path),
+                "url": f"{_base_url()}/{quote(self.store.relative(blob.path))}",
+            }
+        )
 
     # -- uploads --
 
@@ -310,7 +315,10 @@ class Api:
         self._refuse_early(length, limit + MULTIPART_SLACK)
         headers = _headers()
         expected = expected_checksums(headers, self.store.algorithm)
-        with self._slot(), self.store.staged(extra=_extra_algorithms(expected, self.store)) as staged:
+        with (
+            self._slot(),
+            self.store.staged(extra=_extra_algorithms(expected, self.store)) as staged,
+        ):
             chunks = body_chunks(environ, length=length, limit=limit + MULTIPART_SLACK)
             filename = read_multipart(chunks, boundary, staged, max_file=limit)
             verify_checksums(staged, expected, self.store.algorithm)
@@ -324,13 +332,18 @@ class Api:
         if headers.get("x-checksum-deploy", "").strip().lower() == "true" and not length:
             return self._deploy(name, headers)
         if not name.strip("/"):
-            raise BadRequest("name the file in the URL: PUT /upload/<name> (curl -T file URL/upload/)")
+            raise BadRequest(
+                "name the file in the URL: PUT /upload/<name> (curl -T file URL/upload/)"
+            )
         if length == 0 and "CONTENT_LENGTH" not in environ:
             raise LengthRequired("send Content-Length or a chunked body (curl -T)")
         limit = self.settings.max_content_length
         self._refuse_early(length, limit)
         expected = expected_checksums(headers, self.store.algorithm)
-        with self._slot(), self.store.staged(extra=_extra_algorithms(expected, self.store)) as staged:
+        with (
+            self._slot(),
+            self.store.staged(extra=_extra_algorithms(expected, self.store)) as staged,
+        ):
             for chunk in body_chunks(environ, length=length, limit=limit):
                 staged.write(chunk)
             verify_checksums(staged, expected, self.store.algorithm)
@@ -356,10 +369,17 @@ class Api:
         return self._finish(blob, name, headers)
 
     def _finish(self, blob: Blob, raw_name: str, headers: dict[str, str]) -> str:
-        outcome = process(self.store, self.settings, blob,
-                          filename=filename_segment(raw_name), headers=headers)
-        return _json(describe(outcome, store=self.store, base_url=_base_url(),
-                              archive_uri=self.settings.archive_uri))
+        outcome = process(
+            self.store, self.settings, blob, filename=filename_segment(raw_name), headers=headers
+        )
+        return _json(
+            describe(
+                outcome,
+                store=self.store,
+                base_url=_base_url(),
+                archive_uri=self.settings.archive_uri,
+            )
+        )
 
     def _refuse_early(self, length: int | None, limit: int) -> None:
         if length is not None and length > limit:

@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP and WebDAV server")
     serve.add_argument("--host", help="address to listen on (BUCKETDAV_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", help="port to listen on, 0 for any free one (BUCKETDAV_PORT, default 8080)")
+    serve.add_argument(
+        "--port", help="port to listen on, 0 for any free one (BUCKETDAV_PORT, default 8080)"
+    )
     serve.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
     return parser
 
@@ -40,8 +42,11 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = settings_from(args, dict(os.environ))
         if args.command == "serve":

@@ -62,11 +62,21 @@ def filename_segment(name: str | None, *, fallback: str = "upload") -> str:
     return (stem[:cut] if cut != -1 else stem) + ext
 
 
-ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".tbz", ".txz", ".tar", ".zip")
+ARCHIVE_SUFFIXES = (
+    ".tar.gz",
+    ".tar.bz2",
+    ".tar.xz",
+    ".tgz",
+    ".tbz2",
+    ".tbz",
+    ".txz",
+    ".tar",
+    ".zip",
+)
 
 
 def split_suffix(name: str) -> tuple[str, str]:
-    """Split `results.tar.gz` into (`results`, `.tar.gz`) and `results.xml` into (`results`, `.xml`)."""
+    """Split a name into stem and suffix: `r.tar.gz` gives (`r`, `.tar.gz`)."""
     lower = name.lower()
     for suffix in ARCHIVE_SUFFIXES:
         if lower.endswith(suffix) and len(name) > len(suffix):

@@ -26,7 +26,9 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
 )
 # Anything that does not set its own policy (downloads, JSON) may not run on this origin.
-DEFAULT_CSP = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
+DEFAULT_CSP = (
+    "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
+)
 
 
 def make_app(settings: Settings, store: Store) -> WsgiApp:
@@ -69,8 +71,9 @@ def with_headers_and_log(app: WsgiApp) -> WsgiApp:
 class _Logged:
     """Passes a response body through and writes the access-log line when it is closed."""
 
-    def __init__(self, body: Iterable[bytes], environ: dict[str, Any], seen: dict[str, Any],
-                 started: float) -> None:
+    def __init__(
+        self, body: Iterable[bytes], environ: dict[str, Any], seen: dict[str, Any], started: float
+    ) -> None:
         self.body = body
         self.environ = environ
         self.seen = seen
@@ -91,8 +94,12 @@ class _Logged:
             env = self.environ
             access_log.info(
                 '%s "%s %s %s" %s %d %.3fs',
-                env.get("REMOTE_ADDR", "-"), env.get("REQUEST_METHOD"),
-                self.seen["target"], env.get("SERVER_PROTOCOL"), self.seen["status"], self.sent,
+                env.get("REMOTE_ADDR", "-"),
+                env.get("REQUEST_METHOD"),
+                self.seen["target"],
+                env.get("SERVER_PROTOCOL"),
+                self.seen["status"],
+                self.sent,
                 time.monotonic() - self.started,
             )
 
@@ -123,8 +130,13 @@ def serve(settings: Settings) -> None:
     server = build_server(settings, store)
     server.prepare()
     host, port = server.bind_addr[:2]
-    log.info("bucketdav listening on http://%s:%d/ store %s (%s)",
-             host, port, store.root, store.algorithm)
+    log.info(
+        "bucketdav listening on http://%s:%d/ store %s (%s)",
+        host,
+        port,
+        store.root,
+        store.algorithm,
+    )
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:

@@ -1,4 +1,4 @@
-"""Settings: one frozen dataclass, loaded from defaults, a config file, the environment and flags."""
+"""Settings: one frozen dataclass, from defaults, a config file, the environment and flags."""
 
 from __future__ import annotations
 
@@ -116,29 +116,84 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("ARCHIVE_DIR", "archive_dir", "/tmp/bucket", Path,
-            "Where the store lives; all of it on one file system (hard links)."),
-    Setting("ARCHIVE_URI", "archive_uri", "", _optional,
-            "If set, upload responses give `path` values under this prefix."),
-    Setting("CHECKSUM_TYPE", "checksum_type", "md5", parse_checksum_type,
-            "Content checksum: any fixed-length hashlib algorithm (md5, sha1, sha256, ...)."),
-    Setting("MAX_CONTENT_LENGTH", "max_content_length", "32mb", parse_size,
-            "Largest upload: <int> bytes or <int>kb|mb|gb, any case."),
-    Setting("BUCKETDAV_HOST", "host", "127.0.0.1", str.strip,
-            "Address to listen on (the Docker image uses 0.0.0.0)."),
+    Setting(
+        "ARCHIVE_DIR",
+        "archive_dir",
+        "/tmp/bucket",  # noqa: S108 - the earlier service's default, kept for drop-in use
+        Path,
+        "Where the store lives; all of it on one file system (hard links).",
+    ),
+    Setting(
+        "ARCHIVE_URI",
+        "archive_uri",
+        "",
+        _optional,
+        "If set, upload responses give `path` values under this prefix.",
+    ),
+    Setting(
+        "CHECKSUM_TYPE",
+        "checksum_type",
+        "md5",
+        parse_checksum_type,
+        "Content checksum: any fixed-length hashlib algorithm (md5, sha1, sha256, ...).",
+    ),
+    Setting(
+        "MAX_CONTENT_LENGTH",
+        "max_content_length",
+        "32mb",
+        parse_size,
+        "Largest upload: <int> bytes or <int>kb|mb|gb, any case.",
+    ),
+    Setting(
+        "BUCKETDAV_HOST",
+        "host",
+        "127.0.0.1",
+        str.strip,
+        "Address to listen on (the Docker image uses 0.0.0.0).",
+    ),
     Setting("BUCKETDAV_PORT", "port", "8080", parse_port, "TCP port to listen on."),
-    Setting("BUCKETDAV_EXTRACT_MAX_BYTES", "extract_max_bytes", "1gb", parse_size,
-            "Most bytes one archive or compressed file may expand to."),
-    Setting("BUCKETDAV_EXTRACT_MAX_FILES", "extract_max_files", "100000", _positive_int,
-            "Most members one archive may have."),
-    Setting("BUCKETDAV_MIN_FREE", "min_free", "1%", parse_free_space,
-            "Free space kept on the store's disk: uploads that would go below it get 507."),
-    Setting("BUCKETDAV_THREADS", "threads", "64", _positive_int,
-            "Worker threads; slow clients each hold one while they send."),
-    Setting("BUCKETDAV_MAX_UPLOADS", "max_uploads", "16", _positive_int,
-            "Uploads processed at once; more get 503 with Retry-After."),
-    Setting("BUCKETDAV_TIMEOUT", "timeout", "30", _seconds,
-            "Seconds a connection may stay silent before it is closed."),
+    Setting(
+        "BUCKETDAV_EXTRACT_MAX_BYTES",
+        "extract_max_bytes",
+        "1gb",
+        parse_size,
+        "Most bytes one archive or compressed file may expand to.",
+    ),
+    Setting(
+        "BUCKETDAV_EXTRACT_MAX_FILES",
+        "extract_max_files",
+        "100000",
+        _positive_int,
+        "Most members one archive may have.",
+    ),
+    Setting(
+        "BUCKETDAV_MIN_FREE",
+        "min_free",
+        "1%",
+        parse_free_space,
+        "Free space kept on the store's disk: uploads that would go below it get 507.",
+    ),
+    Setting(
+        "BUCKETDAV_THREADS",
+        "threads",
+        "64",
+        _positive_int,
+        "Worker threads; slow clients each hold one while they send.",
+    ),
+    Setting(
+        "BUCKETDAV_MAX_UPLOADS",
+        "max_uploads",
+        "16",
+        _positive_int,
+        "Uploads processed at once; more get 503 with Retry-After.",
+    ),
+    Setting(
+        "BUCKETDAV_TIMEOUT",
+        "timeout",
+        "30",
+        _seconds,
+        "Seconds a connection may stay silent before it is closed.",
+    ),
 )
 
 
@@ -146,18 +201,18 @@ SETTINGS: tuple[Setting, ...] = (
 class Settings:
     """The effective configuration of one bucketdav server."""
 
-    archive_dir: Path = Path("/tmp/bucket")
-    archive_uri: str | None = None
-    checksum_type: str = "md5"
-    max_content_length: int = 32 * 1024**2
-    host: str = "127.0.0.1"
-    port: int = 8080
-    extract_max_bytes: int = 1024**3
-    extract_max_files: int = 100_000
-    min_free: FreeSpace = FreeSpace(percent=1.0)
-    threads: int = 64
-    max_uploads: int = 16
-    timeout: float = 30.0
+    archive_dir: Path
+    archive_uri: str | None
+    checksum_type: str
+    max_content_length: int
+    host: str
+    port: int
+    extract_max_bytes: int
+    extract_max_files: int
+    min_free: FreeSpace
+    threads: int
+    max_uploads: int
+    timeout: float
     replicate: tuple[Template, ...] = field(default=())
 
     def public(self) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +24,34 @@ log = logging.getLogger(__name__)
 PUBLIC_TREES = ("blob", "explode", "replica")
 # Digests strong enough that equal digests mean equal bytes; any other is checked byte by byte.
 STRONG_ALGORITHMS = frozenset(
-    {"sha224", "sha256", "sha384", "sha512", "sha512_224", "sha512_256", "blake2b", "blake2s",
-     "sha3_224", "sha3_256", "sha3_384", "sha3_512"}
+    {
+        "sha224",
+        "sha256",
+        "sha384",
+        "sha512",
+        "sha512_224",
+        "sha512_256",
+        "blake2b",
+        "blake2s",
+        "sha3_224",
+        "sha3_256",
+        "sha3_384",
+        "sha3_512",
+    }
 )
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _COMPARE_CHUNK = 1 << 20
 _SPACE_CHECK_EVERY = 16 << 20
+# Chunks at least this large are hashed in a thread of their own, overlapping the next read.
+_PIPE_MIN_CHUNK = 256 << 10
+_PIPE_DEPTH = 4
+# Start writing back every this many bytes, so the final fsync has little left to do.
+_WRITEBACK_EVERY = 8 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 
 
 class StoreError(Exception):
@@ -63,9 +88,32 @@ class Blob:
     created: bool = False
 
 
+class _HashPipe:
+    """Hashes chunks in a thread of its own; hashlib releases the GIL on large buffers."""
+
+    def __init__(self, hashers: list[hashlib._Hash]) -> None:
+        self.hashers = hashers
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPE_DEPTH)
+        self.thread = threading.Thread(target=self._run, name="hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            for hasher in self.hashers:
+                hasher.update(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.put(chunk)
+
+    def finish(self) -> None:
+        if self.thread.is_alive():
+            self.chunks.put(None)
+            self.thread.join()
+
+
 @dataclass
 class StagedFile:
-    """A file being written in staging/, hashed as it is written."""
+    """A file being written in staging/, hashed in the same pass as it is written."""
 
     path: Path
     fd: int
@@ -73,25 +121,49 @@ class StagedFile:
     extra: dict[str, hashlib._Hash] = field(default_factory=dict)
     size: int = 0
     space_check: int = _SPACE_CHECK_EVERY
+    written_back: int = 0
     store: Store | None = None
+    pipe: _HashPipe | None = None
 
-    def write(self, data: bytes | memoryview) -> None:
-        """Append `data`, hashing it in the same pass."""
-        self.hasher.update(data)
-        for extra in self.extra.values():
-            extra.update(data)
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append `data`, hashing it as it goes (in a second thread for large chunks)."""
+        data = bytes(data) if not isinstance(data, bytes) else data
+        if self.pipe is None and len(data) >= _PIPE_MIN_CHUNK:
+            self.pipe = _HashPipe([self.hasher, *self.extra.values()])
+        if self.pipe is not None:
+            self.pipe.feed(data)
+        else:
+            self.hasher.update(data)
+            for extra in self.extra.values():
+                extra.update(data)
         view = memoryview(data)
         with disk_full_as_store_full():
             while view:
                 view = view[os.write(self.fd, view) :]
         self.size += len(data)
+        if self.size - self.written_back >= _WRITEBACK_EVERY and _sync_file_range is not None:
+            _sync_file_range(
+                self.fd, self.written_back, self.size - self.written_back, _SYNC_FILE_RANGE_WRITE
+            )
+            self.written_back = self.size
         if self.store is not None and self.size >= self.space_check:
             self.space_check = self.size + _SPACE_CHECK_EVERY
             self.store.check_space(0)
 
+    def finish_hashing(self) -> None:
+        """Wait until every chunk written so far is hashed."""
+        if self.pipe is not None:
+            self.pipe.finish()
+
     def hexdigest(self) -> str:
         """The digest of everything written so far."""
+        self.finish_hashing()
         return self.hasher.hexdigest()
+
+    def extra_hexdigest(self, algorithm: str) -> str:
+        """The digest in one of the extra algorithms asked for."""
+        self.finish_hashing()
+        return self.extra[algorithm].hexdigest()
 
 
 class Store:
@@ -120,7 +192,9 @@ class Store:
             raise StoreError(f"ARCHIVE_DIR={self.root}: cannot create the store: {exc}") from None
         if not os.access(self.root, os.W_OK | os.X_OK) or not self.writable():
             raise StoreError(f"ARCHIVE_DIR={self.root}: not writable by this user")
-        devices = {p.name: p.stat().st_dev for p in (self.staging, self.blobs, self.trees, self.replicas)}
+        devices = {
+            p.name: p.stat().st_dev for p in (self.staging, self.blobs, self.trees, self.replicas)
+        }
         if len(set(devices.values())) > 1:
             raise StoreError(
                 f"ARCHIVE_DIR={self.root}: staging, blob, explode and replica must be on one "
@@ -215,12 +289,16 @@ class Store:
         with disk_full_as_store_full():
             fd, name = tempfile.mkstemp(dir=self.staging, prefix="up-")
         staged = StagedFile(
-            path=Path(name), fd=fd, hasher=self.new_hasher(),
-            extra={algo: hashlib.new(algo) for algo in extra}, store=self,
+            path=Path(name),
+            fd=fd,
+            hasher=self.new_hasher(),
+            extra={algo: hashlib.new(algo) for algo in extra},
+            store=self,
         )
         try:
             yield staged
         finally:
+            staged.finish_hashing()
             if staged.fd >= 0:
                 os.close(staged.fd)
             with contextlib.suppress(FileNotFoundError):
@@ -240,8 +318,11 @@ class Store:
                 os.link(staged.path, dest)
             except FileExistsError:
                 if not self.trusts_digest and not same_bytes(staged.path, dest):
-                    log.error("checksum collision: %s %s differs from the stored blob",
-                              self.algorithm, digest)
+                    log.error(
+                        "checksum collision: %s %s differs from the stored blob",
+                        self.algorithm,
+                        digest,
+                    )
                     raise ChecksumCollision(
                         f"{self.algorithm} {digest} is already stored with different content; "
                         "the stored blob is kept and this upload is refused"

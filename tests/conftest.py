@@ -92,9 +92,21 @@ class LiveServer:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child process keeps it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bucketdav", "serve", "--host", "127.0.0.1", "--port", "0",
-             *self.extra_args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "bucketdav",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *self.extra_args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -129,8 +141,9 @@ class LiveServer:
         """A new HTTP connection to the server."""
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None,
-                headers: Mapping[str, str] | None = None) -> Response:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> Response:
         """One request on a fresh connection; returns status, headers and the whole body."""
         conn = self.connection()
         try:
@@ -167,17 +180,29 @@ def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start real servers: `factory(ENV_NAME=value, ...)`; all are stopped at the end."""
     servers: list[LiveServer] = []
 
-    def start(*, root: Path | None = None, args: list[str] | None = None,
-              **env: str) -> LiveServer:
+    def start(*, root: Path | None = None, args: list[str] | None = None, **env: str) -> LiveServer:
         index = len(servers)
         root = root or tmp_path / f"store{index}"
-        base_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("REPLICATE_", "BUCKETDAV_", "ARCHIVE_", "CHECKSUM_TYPE",
-                                         "MAX_CONTENT_LENGTH"))}
-        full_env = {**base_env, "ARCHIVE_DIR": str(root), "BUCKETDAV_MIN_FREE": "0",
-                    "PYTHONUNBUFFERED": "1", **env}
-        server = LiveServer(root=root, log_path=tmp_path / f"server{index}.log", env=full_env,
-                            extra_args=list(args or []))
+        base_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(
+                ("REPLICATE_", "BUCKETDAV_", "ARCHIVE_", "CHECKSUM_TYPE", "MAX_CONTENT_LENGTH")
+            )
+        }
+        full_env = {
+            **base_env,
+            "ARCHIVE_DIR": str(root),
+            "BUCKETDAV_MIN_FREE": "0",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        server = LiveServer(
+            root=root,
+            log_path=tmp_path / f"server{index}.log",
+            env=full_env,
+            extra_args=list(args or []),
+        )
         servers.append(server)
         return server.start()
 

@@ -42,8 +42,9 @@ def assert_blobs_sound(root: Path, algorithm: str = "md5") -> None:
         assert path.parent.name == digest[2:4] and path.parent.parent.name == digest[:2]
 
 
-def multipart_body(fields: list[tuple[str, str | None, bytes]],
-                   boundary: str = "bucketdavtestboundary") -> tuple[bytes, str]:
+def multipart_body(
+    fields: list[tuple[str, str | None, bytes]], boundary: str = "bucketdavtestboundary"
+) -> tuple[bytes, str]:
     """A multipart/form-data body of (name, filename, data) parts, and its Content-Type."""
     out = bytearray()
     for name, filename, data in fields:

@@ -22,8 +22,13 @@ ERROR_KEYS = {"code", "status", "error"}
 
 
 def put(client, name, data, *, status=200, headers=None):
-    return client.put(f"/upload/{name}", params=data, headers=headers or {}, status=status,
-                      content_type="application/octet-stream")
+    return client.put(
+        f"/upload/{name}",
+        params=data,
+        headers=headers or {},
+        status=status,
+        content_type="application/octet-stream",
+    )
 
 
 def post_file(client, filename, data, *, status=200, headers=None, name="file"):
@@ -33,8 +38,13 @@ def post_file(client, filename, data, *, status=200, headers=None, name="file"):
 
 def post_raw(client, body, content_type, *, status=200, headers=None):
     # WebTest re-encodes a multipart body given to post(); request() sends these exact bytes.
-    resp = client.request("/upload", method="POST", body=body, expect_errors=True,
-                          headers={"Content-Type": content_type, **(headers or {})})
+    resp = client.request(
+        "/upload",
+        method="POST",
+        body=body,
+        expect_errors=True,
+        headers={"Content-Type": content_type, **(headers or {})},
+    )
     assert resp.status_int == status, resp.text
     return resp
 
@@ -147,8 +157,7 @@ def test_upload_checksum_headers_are_verified(client, store_root, header, value_
     resp = put(client, "bad", b"tampered", headers={header: value_of(b"payload")}, status=422)
     assert "nothing was kept" in assert_error(resp, 422)["error"]
     assert [p.name for p in files_under(store_root / "blob")] == [md5(b"payload")]
-    resp = post_file(client, "bad", b"tampered", headers={header: value_of(b"payload")},
-                     status=422)
+    resp = post_file(client, "bad", b"tampered", headers={header: value_of(b"payload")}, status=422)
     assert_error(resp, 422)
     assert list((store_root / "staging").iterdir()) == []
 
@@ -233,9 +242,13 @@ def test_checksum_head_and_get(client):
     assert client.head(f"/checksum/{digest}").status_int == 200
     assert client.head(f"/checksum/{digest.upper()}").status_int == 200
     body = client.get(f"/checksum/{digest}").json
-    assert body == {"checksum": digest, "algorithm": "md5", "size": 3,
-                    "path": f"blob/{digest[:2]}/{digest[2:4]}/{digest}",
-                    "url": f"http://localhost:80/blob/{digest[:2]}/{digest[2:4]}/{digest}"}
+    assert body == {
+        "checksum": digest,
+        "algorithm": "md5",
+        "size": 3,
+        "path": f"blob/{digest[:2]}/{digest[2:4]}/{digest}",
+        "url": f"http://localhost:80/blob/{digest[:2]}/{digest[2:4]}/{digest}",
+    }
 
 
 def test_checksum_unknown_is_404_and_malformed_is_400(client):
@@ -275,16 +288,24 @@ def test_upload_page_is_a_working_form(client):
 
 @pytest.mark.parametrize(
     ("method", "path", "code"),
-    [("DELETE", "/upload", 405), ("GET", "/checksum/", 404), ("POST", "/config", 405),
-     ("GET", "/upload/x/y", 405)],
+    [
+        ("DELETE", "/upload", 405),
+        ("GET", "/checksum/", 404),
+        ("POST", "/config", 405),
+        ("GET", "/upload/x/y", 405),
+    ],
 )
 def test_api_routing_errors_are_json(client, method, path, code):
     assert_error(client.request(path, method=method, expect_errors=True), code)
 
 
 def test_api_every_response_has_security_headers(client):
-    for resp in (client.get("/config"), client.get("/nope-not-api", expect_errors=True),
-                 put(client, "x", b"x"), client.get("/checksum/zz", status=400)):
+    for resp in (
+        client.get("/config"),
+        client.get("/nope-not-api", expect_errors=True),
+        put(client, "x", b"x"),
+        client.get("/checksum/zz", status=400),
+    ):
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         assert "Content-Security-Policy" in resp.headers
 

@@ -37,7 +37,10 @@ def test_live_put_chunked_with_curl_stdin(live_server, tmp_path):
     data = bytes(range(256)) * 4000
     out = subprocess.run(
         [curl, "-sS", "-T", "-", live_server.url + "upload/stream.bin"],
-        input=data, capture_output=True, timeout=60, check=True,
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=True,
     )
     assert f'"blob": "{md5(data)}"' in out.stdout.decode()
 
@@ -47,7 +50,9 @@ def test_live_post_multipart_with_curl(live_server, tmp_path):
     (tmp_path / "results.xml").write_bytes(b"<testsuite/>")
     out = subprocess.run(
         [curl, "-sS", "-F", f"file=@{tmp_path / 'results.xml'}", live_server.url + "upload"],
-        capture_output=True, timeout=60, check=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
     )
     assert f'"blob": "{md5(b"<testsuite/>")}"' in out.stdout.decode()
     assert '"filename": "results.xml"' in out.stdout.decode()
@@ -67,8 +72,7 @@ def test_live_chunked_body_over_limit_is_413_and_keeps_nothing(live_server_facto
 def test_live_content_length_over_limit_is_refused_before_the_body(live_server_factory):
     server = live_server_factory(MAX_CONTENT_LENGTH="1mb")
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
-        sock.sendall(b"PUT /upload/huge HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Length: 10000000000\r\n\r\n")
+        sock.sendall(b"PUT /upload/huge HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n")
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413")
     assert files_under(server.root / "blob") == []

@@ -25,8 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("32mb", 32 * 1024**2), ("32MB", 32 * 1024**2), ("1Gb", 1024**3), ("10kb", 10240),
-     ("12345", 12345), (" 7 mb ", 7 * 1024**2), ("0", 0)],
+    [
+        ("32mb", 32 * 1024**2),
+        ("32MB", 32 * 1024**2),
+        ("1Gb", 1024**3),
+        ("10kb", 10240),
+        ("12345", 12345),
+        (" 7 mb ", 7 * 1024**2),
+        ("0", 0),
+    ],
 )
 def test_parse_size_reads_units_in_any_case(text, size):
     assert parse_size(text) == size
@@ -62,10 +69,17 @@ def test_load_settings_defaults_match_the_earlier_service():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("CHECKSUM_TYPE", "shake_128"), ("CHECKSUM_TYPE", "nope"), ("MAX_CONTENT_LENGTH", "big"),
-     ("BUCKETDAV_PORT", "70000"), ("BUCKETDAV_EXTRACT_MAX_FILES", "0"),
-     ("BUCKETDAV_MIN_FREE", "x%"), ("REPLICATE_3", "user/${Username"),
-     ("REPLICATE_0", "plain/only"), ("REPLICATE_9", "../${User}")],
+    [
+        ("CHECKSUM_TYPE", "shake_128"),
+        ("CHECKSUM_TYPE", "nope"),
+        ("MAX_CONTENT_LENGTH", "big"),
+        ("BUCKETDAV_PORT", "70000"),
+        ("BUCKETDAV_EXTRACT_MAX_FILES", "0"),
+        ("BUCKETDAV_MIN_FREE", "x%"),
+        ("REPLICATE_3", "user/${Username"),
+        ("REPLICATE_0", "plain/only"),
+        ("REPLICATE_9", "../${User}"),
+    ],
 )
 def test_load_settings_bad_value_names_the_setting(name, value):
     with pytest.raises(SettingError) as caught:
@@ -77,8 +91,11 @@ def test_load_settings_bad_value_names_the_setting(name, value):
 def test_load_settings_precedence_flags_over_env_over_file():
     file_values = {"BUCKETDAV_PORT": "1000", "CHECKSUM_TYPE": "sha1", "ARCHIVE_URI": "u"}
     environ = {"BUCKETDAV_PORT": "2000", "CHECKSUM_TYPE": "SHA256"}
-    settings = load_settings(environ=environ, file_values=file_values,
-                             flags={"BUCKETDAV_PORT": "3000", "BUCKETDAV_HOST": None})
+    settings = load_settings(
+        environ=environ,
+        file_values=file_values,
+        flags={"BUCKETDAV_PORT": "3000", "BUCKETDAV_HOST": None},
+    )
     assert settings.port == 3000
     assert settings.checksum_type == "sha256"
     assert settings.archive_uri == "u"
@@ -101,15 +118,23 @@ def test_default_config_file_documents_every_setting_with_its_default():
 
 def run_cli(*args, env=None, timeout=30):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKETDAV_", "ARCHIVE_"))}
-    return subprocess.run([sys.executable, "-m", "bucketdav", *args], env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "bucketdav", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.parametrize(
     ("env", "names"),
-    [({"CHECKSUM_TYPE": "crc99"}, "CHECKSUM_TYPE"),
-     ({"MAX_CONTENT_LENGTH": "lots"}, "MAX_CONTENT_LENGTH"),
-     ({"REPLICATE_2": "a/${B}/${"}, "REPLICATE_2")],
+    [
+        ({"CHECKSUM_TYPE": "crc99"}, "CHECKSUM_TYPE"),
+        ({"MAX_CONTENT_LENGTH": "lots"}, "MAX_CONTENT_LENGTH"),
+        ({"REPLICATE_2": "a/${B}/${"}, "REPLICATE_2"),
+    ],
 )
 def test_cli_serve_bad_setting_stops_with_one_line(tmp_path, env, names):
     result = run_cli("serve", "--port", "0", env={"ARCHIVE_DIR": str(tmp_path), **env})
