@@ -135,7 +135,11 @@ def read_multipart(
     target: StagedFile | None = None
     other = 0
     try:
-        with PushMultipartParser(boundary, max_header_count=16, max_segment_count=64) as parser:
+        # Part headers are read as latin-1 (every byte a character) and the file name is then
+        # decoded as UTF-8 with bad bytes kept, so a non-UTF-8 name is encoded, not refused.
+        with PushMultipartParser(
+            boundary, max_header_count=16, max_segment_count=64, header_charset="latin1"
+        ) as parser:
             for chunk in chunks:
                 for event in parser.parse(chunk):
                     if isinstance(event, MultipartSegment):
@@ -143,7 +147,7 @@ def read_multipart(
                         if event.name == "file" and event.filename is not None:
                             if filename is not None:
                                 raise BadRequest("send one part named 'file' per request")
-                            filename, target = event.filename, staged
+                            filename, target = _utf8_name(event.filename), staged
                     elif event is None:
                         target = None
                     elif target is not None:
@@ -167,6 +171,14 @@ def read_multipart(
     if not filename.strip():
         raise BadRequest("the 'file' part has an empty filename")
     return filename
+
+
+def _utf8_name(latin1: str) -> str:
+    """A header value read as latin-1, decoded as the UTF-8 clients send (bad bytes escaped)."""
+    try:
+        return latin1.encode("latin1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # already decoded, e.g. from an RFC 2231 filename*
+        return latin1
 
 
 # -- checksum headers ---------------------------------------------------------------------
@@ -327,6 +339,8 @@ class Api:
 
     def put(self, name: str = "") -> str:
         environ = bottle.request.environ
+        # Bottle drops bytes of the path that are not UTF-8; take the name from the raw path.
+        name = _utf8_name(environ.get("bottle.raw_path", "").partition("/upload")[2].lstrip("/"))
         headers = _headers()
         length = declared_length(environ)
         if headers.get("x-checksum-deploy", "").strip().lower() == "true" and not length:

@@ -223,10 +223,10 @@ def test_upload_overlong_filename_is_shortened_keeping_suffix(client):
     assert name.endswith(".xml") and len(name.encode()) <= 200
 
 
-def test_upload_put_non_utf8_name_is_a_clear_400_or_kept(client):
-    resp = client.request("/upload/caf%E9.txt", method="PUT", body=b"x", expect_errors=True)
-    assert resp.status_int in (200, 400)
-    assert resp.content_type == "application/json"
+def test_upload_put_non_utf8_name_is_encoded_not_dropped(client):
+    assert put(client, "caf%E9.txt", b"x").json["filename"] == "caf%E9.txt"
+    assert put(client, "caf%C3%A9.txt", b"x").json["filename"] == "café.txt"
+    assert put(client, "dir/sub/name.txt", b"x").json["filename"] == "name.txt"
 
 
 def test_upload_archive_uri_prefixes_paths(make_client):
@@ -314,3 +314,43 @@ def test_api_error_body_is_never_a_traceback(client):
     resp = post_raw(client, b"--x\r\ngarbage", "multipart/form-data; boundary=x", status=400)
     assert "Traceback" not in resp.text
     json.loads(resp.text)
+
+
+def test_upload_below_free_space_watermark_is_507_and_healthz_503(make_client, store_root):
+    client = make_client(BUCKETDAV_MIN_FREE="99%")
+    assert "keeps" in assert_error(put(client, "x", b"data", status=507), 507)["error"]
+    assert files_under(store_root / "blob") == []
+    assert client.get("/healthz", status=503).json["status"] == "unavailable"
+
+
+def test_upload_disk_full_while_writing_is_507_and_keeps_nothing(client, store_root, monkeypatch):
+    import errno
+
+    real_write = os.write
+
+    def full(fd, data):
+        if len(data) > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    assert_error(put(client, "big", b"x" * 5000, status=507), 507)
+    monkeypatch.undo()
+    assert files_under(store_root / "blob") == []
+    assert list((store_root / "staging").iterdir()) == []
+
+
+def test_upload_put_without_length_is_411(client):
+    resp = client.request("/upload/x", method="PUT", expect_errors=True)
+    assert_error(resp, 411)
+
+
+def test_upload_post_non_utf8_filename_is_kept_as_one_segment(client, store_root):
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="caf\xe9.txt"\r\n\r\n'
+        b"data\r\n--b--\r\n"
+    )
+    resp = post_raw(client, body, "multipart/form-data; boundary=b")
+    assert resp.json["filename"] == "caf%E9.txt"
+    utf8 = body.replace(b"caf\xe9", "café".encode())
+    assert post_raw(client, utf8, "multipart/form-data; boundary=b").json["filename"] == "café.txt"
