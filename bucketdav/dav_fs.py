@@ -12,6 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from bucketdav.store import PUBLIC_TREES
 
@@ -23,10 +24,12 @@ HASH_ON_DEMAND_MAX = 64 << 20
 CACHE_ENTRIES = 65536
 _HASH_BLOCK = 1 << 20
 # Content a browser would run or render as a document of this origin.
+# Control characters XML cannot carry, and the surrogates os.fsdecode makes of non-UTF-8 bytes.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _ACTIVE_TYPE = re.compile(r"html|xml|svg|javascript|ecmascript|xsl", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Node:
     """One visible file or folder: its public path, where it really is, and one stat of it."""
 
@@ -180,24 +183,59 @@ class PublicTree:
                     yield child
             return
         try:
-            with os.scandir(node.real) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            fd = os.open(node.real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             log.warning("cannot list %s: %s", node.path, exc)
             return
-        for entry in entries:
-            name = entry.name
-            if not _printable(name):
-                continue
-            child = self._child(node, entry, f"{base}/{name}")
-            if child is not None:
-                yield child
-
-    def _child(self, parent: Node, entry: os.DirEntry[str], path: str) -> Node | None:
+        # stat relative to the open folder: no path walk per member, and no DirEntry objects.
         try:
-            if not entry.is_symlink():
-                return _make_node(path, entry.path, entry.stat(follow_symlinks=False), parent.seen)
-            real = os.path.realpath(entry.path)
+            names = sorted(os.listdir(fd))
+            checked = _UNPRINTABLE.search("".join(names)) is not None
+            real_base = node.real + os.sep
+            seen = node.seen
+            for name in names:
+                if checked and not _printable(name):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                mode = st.st_mode
+                if S_ISREG(mode):
+                    yield Node(
+                        f"{base}/{name}",
+                        real_base + name,
+                        False,
+                        st.st_size,
+                        st.st_mtime,
+                        st.st_dev,
+                        st.st_ino,
+                        st.st_mtime_ns,
+                        seen,
+                    )
+                elif S_ISDIR(mode):
+                    yield Node(
+                        f"{base}/{name}",
+                        real_base + name,
+                        True,
+                        0,
+                        st.st_mtime,
+                        st.st_dev,
+                        st.st_ino,
+                        st.st_mtime_ns,
+                        seen,
+                    )
+                elif S_ISLNK(mode):
+                    child = self._follow(node, real_base + name, f"{base}/{name}")
+                    if child is not None:
+                        yield child
+        finally:
+            os.close(fd)
+
+    def _follow(self, parent: Node, link: str, path: str) -> Node | None:
+        """The node a member symlink stands for, or None when it leaves, dangles or loops."""
+        try:
+            real = os.path.realpath(link)
             if not inside_public(self.root, real):
                 return None
             st = os.stat(real)
@@ -263,8 +301,4 @@ def _make_node(path: str, real: str, st: os.stat_result, seen: frozenset[str]) -
 
 def _printable(name: str) -> bool:
     """False for names that are not UTF-8 on disk or hold control characters XML cannot carry."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return not any(ord(c) < 32 or ord(c) == 127 for c in name)
+    return _UNPRINTABLE.search(name) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,9 +33,18 @@ ALLPROP = tuple(
 KNOWN = frozenset((*ALLPROP, CHECKSUMS))
 # Bytes one PROPFIND may hash to answer checksums of files that are not blobs.
 HASH_BUDGET = 256 << 20
+# Paths made only of these need no percent-encoding (most names in a store).
+_SAFE_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_OK = "<D:status>HTTP/1.1 200 OK</D:status></D:propstat>"
+_NOT_FOUND = "<D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>"
+_COLLECTION = "<D:resourcetype><D:collection/></D:resourcetype>"
 _XML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
+
+
+# Files of one upload share their modification second; formatting it once is cheaper.
+_DATES: dict[int, str] = {}
 
 
 class BadPropfind(ValueError):
@@ -75,6 +85,16 @@ def parse_propfind(body: bytes) -> PropRequest:
 
 def http_date(seconds: float) -> str:
     """An RFC 1123 date in GMT, independent of the locale."""
+    whole = int(seconds)
+    text = _DATES.get(whole)
+    if text is None:
+        if len(_DATES) > 4096:
+            _DATES.clear()
+        text = _DATES[whole] = _format_date(whole)
+    return text
+
+
+def _format_date(seconds: int) -> str:
     t = time.gmtime(seconds)
     return (
         f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
@@ -84,7 +104,7 @@ def http_date(seconds: float) -> str:
 
 def href_of(node: Node) -> str:
     """The percent-encoded href of a node; folders end with a slash."""
-    path = quote(node.path, safe="/")
+    path = node.path if _SAFE_PATH.fullmatch(node.path) else quote(node.path, safe="/")
     return path + "/" if node.is_dir and not path.endswith("/") else path
 
 
@@ -94,20 +114,46 @@ class Renderer:
     def __init__(self, tree: PublicTree) -> None:
         self.tree = tree
         self.algorithm = tree.algorithm.upper()
+        self._getters = {
+            "{DAV:}resourcetype": self._resourcetype,
+            "{DAV:}displayname": self._displayname,
+            "{DAV:}getlastmodified": self._getlastmodified,
+            "{DAV:}getcontentlength": self._getcontentlength,
+            "{DAV:}getcontenttype": self._getcontenttype,
+            "{DAV:}getetag": self._getetag,
+            CHECKSUMS: self._checksums,
+        }
 
     def multistatus(self, nodes: Iterable[Node], request: PropRequest) -> bytes:
         """The whole 207 body for `nodes` answering `request`."""
-        budget = [HASH_BUDGET]
         if request.mode == "propname":
             return self._propnames(nodes)
+        budget = [HASH_BUDGET]
         names = ALLPROP if request.mode == "allprop" else request.names
+        strict = request.mode == "prop"
+        # One getter per asked name, looked up once per request rather than per node.
+        getters = [(self._getters.get(name), _empty_element(name)) for name in names]
         parts = [
             '<?xml version="1.0" encoding="utf-8"?>\n'
             f'<D:multistatus xmlns:D="DAV:" xmlns:oc="{OC}">'
         ]
+        append = parts.append
         for node in nodes:
-            parts.append(self._response(node, names, budget, strict=request.mode == "prop"))
-        parts.append("</D:multistatus>\n")
+            found = []
+            missing = []
+            for getter, empty in getters:
+                value = getter(node, budget) if getter is not None else None
+                if value is not None:
+                    found.append(value)
+                elif strict:
+                    missing.append(empty)
+            append(f"<D:response><D:href>{href_of(node)}</D:href>")
+            if found:
+                append(f"<D:propstat><D:prop>{''.join(found)}</D:prop>{_OK}")
+            if missing:
+                append(f"<D:propstat><D:prop>{''.join(missing)}</D:prop>{_NOT_FOUND}")
+            append("</D:response>")
+        append("</D:multistatus>\n")
         return "".join(parts).encode("utf-8")
 
     def _propnames(self, nodes: Iterable[Node]) -> bytes:
@@ -125,58 +171,31 @@ class Renderer:
         parts.append("</D:multistatus>\n")
         return "".join(parts).encode("utf-8")
 
-    def _response(
-        self, node: Node, names: Iterable[str], budget: list[int], *, strict: bool
-    ) -> str:
-        found: list[str] = []
-        missing: list[str] = []
-        for name in names:
-            value = self._value(node, name, budget)
-            if value is not None:
-                found.append(value)
-            elif strict:
-                missing.append(_empty_element(name))
-        out = [f"<D:response><D:href>{href_of(node)}</D:href>"]
-        if found:
-            out.append(
-                f"<D:propstat><D:prop>{''.join(found)}</D:prop>"
-                "<D:status>HTTP/1.1 200 OK</D:status></D:propstat>"
-            )
-        if missing:
-            out.append(
-                f"<D:propstat><D:prop>{''.join(missing)}</D:prop>"
-                "<D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>"
-            )
-        out.append("</D:response>")
-        return "".join(out)
+    def _resourcetype(self, node: Node, budget: list[int]) -> str:
+        return _COLLECTION if node.is_dir else "<D:resourcetype/>"
 
-    def _value(self, node: Node, name: str, budget: list[int]) -> str | None:
-        if name == "{DAV:}resourcetype":
-            return (
-                "<D:resourcetype><D:collection/></D:resourcetype>"
-                if node.is_dir
-                else "<D:resourcetype/>"
-            )
-        if name == "{DAV:}displayname":
-            return f"<D:displayname>{node.name.translate(_XML_ESCAPES)}</D:displayname>"
-        if name == "{DAV:}getlastmodified":
-            return f"<D:getlastmodified>{http_date(node.mtime)}</D:getlastmodified>"
+    def _displayname(self, node: Node, budget: list[int]) -> str:
+        return f"<D:displayname>{node.name.translate(_XML_ESCAPES)}</D:displayname>"
+
+    def _getlastmodified(self, node: Node, budget: list[int]) -> str:
+        return f"<D:getlastmodified>{http_date(node.mtime)}</D:getlastmodified>"
+
+    def _getcontentlength(self, node: Node, budget: list[int]) -> str | None:
+        return None if node.is_dir else f"<D:getcontentlength>{node.size}</D:getcontentlength>"
+
+    def _getcontenttype(self, node: Node, budget: list[int]) -> str | None:
         if node.is_dir:
             return None
-        if name == "{DAV:}getcontentlength":
-            return f"<D:getcontentlength>{node.size}</D:getcontentlength>"
-        if name == "{DAV:}getcontenttype":
-            return f"<D:getcontenttype>{content_type(node.name)}</D:getcontenttype>"
-        if name == "{DAV:}getetag":
-            return f'<D:getetag>"{self.tree.etag(node, budget)}"</D:getetag>'
-        if name == CHECKSUMS:
-            digest = self.tree.checksum(node, budget)
-            if digest is None:
-                return None
-            return (
-                f"<oc:checksums><oc:checksum>{self.algorithm}:{digest}</oc:checksum></oc:checksums>"
-            )
-        return None
+        return f"<D:getcontenttype>{content_type(node.name)}</D:getcontenttype>"
+
+    def _getetag(self, node: Node, budget: list[int]) -> str | None:
+        return None if node.is_dir else f'<D:getetag>"{self.tree.etag(node, budget)}"</D:getetag>'
+
+    def _checksums(self, node: Node, budget: list[int]) -> str | None:
+        digest = None if node.is_dir else self.tree.checksum(node, budget)
+        if digest is None:
+            return None
+        return f"<oc:checksums><oc:checksum>{self.algorithm}:{digest}</oc:checksum></oc:checksums>"
 
 
 def _empty_element(name: str) -> str:
