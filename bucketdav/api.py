@@ -194,7 +194,7 @@ class Api:
         name = utf8_name(environ.get("bottle.raw_path", "").partition("/upload")[2].lstrip("/"))
         headers = _headers()
         length = declared_length(environ)
-        if headers.get("x-checksum-deploy", "").strip().lower() == "true" and not length:
+        if headers.get("x-checksum-deploy", "").strip().lower() == "true" and length == 0:
             return self._deploy(name, headers)
         if not name.strip("/"):
             raise BadRequest(

@@ -138,3 +138,18 @@ def test_live_put_sizes_roundtrip(live_server, size):
     body = live_server.upload("f.bin", data).json()
     got = live_server.request("GET", live_server.path_of(body["url"]["blob"]))
     assert got.body == data and body["size"] == size
+
+
+def test_live_deploy_header_with_a_chunked_body_stores_the_body(live_server):
+    data = b"sent anyway"
+    conn = live_server.connection()
+    conn.request(
+        "PUT",
+        "/upload/d.txt",
+        body=iter([data]),
+        encode_chunked=True,
+        headers={"X-Checksum-Deploy": "true", "X-Checksum": md5(data)},
+    )
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    assert live_server.request("GET", "/checksum/" + md5(data)).status == 200
