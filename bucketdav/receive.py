@@ -6,7 +6,8 @@ import base64
 import binascii
 import functools
 import hashlib
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
@@ -43,14 +44,50 @@ def declared_length(environ: dict[str, Any]) -> int | None:
     return int(text)
 
 
+def socket_reader(stream: Any) -> Callable[[int], bytes] | None:
+    """A faster `read` for Cheroot's Content-Length body, or None for any other input.
+
+    Cheroot reads through the pure-Python BufferedReader; once the bytes it has buffered
+    are used up, reading straight from its socket gives the same bytes with far less work.
+    """
+    rfile = getattr(stream, "rfile", None)
+    raw = getattr(rfile, "raw", None)
+    if not (
+        hasattr(stream, "remaining")
+        and hasattr(rfile, "has_data")
+        and isinstance(raw, socket.SocketIO)
+    ):
+        return None
+
+    def read(size: int) -> bytes:
+        size = min(size, stream.remaining)
+        if size <= 0:
+            return b""
+        if rfile.has_data():
+            data = rfile.read1(size)
+        else:
+            buffer = bytearray(size)
+            view = memoryview(buffer)
+            got = 0
+            while got < size and (count := raw.readinto(view[got:])):
+                got += count
+            data = bytes(view[:got])
+        stream.remaining -= len(data)
+        rfile.bytes_read += len(data)
+        return data
+
+    return read
+
+
 def body_chunks(environ: dict[str, Any], *, length: int | None, limit: int) -> Iterator[bytes]:
     """Yield the body as it arrives; refuse it past `limit` bytes, and notice a short body."""
     stream = environ["wsgi.input"]
+    read = socket_reader(stream) or stream.read
     received = 0
     while length is None or received < length:
         want = READ_SIZE if length is None else min(READ_SIZE, length - received)
         try:
-            chunk = stream.read(want)
+            chunk = read(want)
         except (OSError, ValueError) as exc:
             # Cheroot raises these for a broken chunked framing or a dropped connection.
             raise ClientGone(f"the request body could not be read: {exc}") from None
