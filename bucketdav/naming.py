@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import posixpath
 import string
+import unicodedata
 
 MAX_SEGMENT_BYTES = 200
 _HEX = frozenset(string.hexdigits)
 _UNSAFE = frozenset("/\\%\x7f") | frozenset(chr(c) for c in range(32))
+# Control (C0 and C1), invisible format characters (bidi overrides, zero-width) and line
+# separators: encoded so a name cannot hide, reorder or break what a listing shows.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 class NameError_(ValueError):
@@ -26,7 +30,12 @@ def encode_segment(value: str) -> str:
         code = ord(char)
         if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by surrogateescape
             out.append(f"%{code - 0xDC00:02X}")
-        elif 0xD800 <= code <= 0xDFFF or char in _UNSAFE or (index == 0 and char == "."):
+        elif (
+            0xD800 <= code <= 0xDFFF
+            or char in _UNSAFE
+            or (index == 0 and char == ".")
+            or (code > 0x7F and unicodedata.category(char) in _UNSAFE_CATEGORIES)
+        ):
             out.append("".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass")))
         else:
             out.append(char)
@@ -35,9 +44,15 @@ def encode_segment(value: str) -> str:
 
 def header_segment(value: str) -> str:
     """Turn a request header value into one safe path segment, or raise NameError_."""
-    value = value.strip()
+    # Only HTTP's optional whitespace is trimmed: str.strip() would also eat \x1c-\x1f,
+    # \x85 and U+2028, making values that differ in them collide on one directory.
+    value = value.strip(" \t")
     if not value:
         raise NameError_("the value is empty")
+    # Only U+DC80..U+DCFF stand for undecodable bytes; any other lone surrogate is not text,
+    # and encoding it could collide with the escape of the bytes that spell it.
+    if any(0xD800 <= ord(c) <= 0xDFFF and not 0xDC80 <= ord(c) <= 0xDCFF for c in value):
+        raise NameError_("the value is not text (a lone surrogate)")
     segment = encode_segment(value)
     if len(segment.encode("utf-8", "surrogateescape")) > MAX_SEGMENT_BYTES:
         raise NameError_(f"the value is longer than {MAX_SEGMENT_BYTES} bytes")

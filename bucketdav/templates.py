@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bucketdav.naming import NameError_, header_segment
+from bucketdav.naming import MAX_SEGMENT_BYTES, NameError_, header_segment
 
 _TOKEN_RE = re.compile(r"^\$\{([A-Za-z0-9][A-Za-z0-9_-]*)\}$")
 _PLAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+=,-]*$")
@@ -42,6 +42,10 @@ def parse_template(variable: str, text: str) -> Template:
         if token:
             segments.append((True, token.group(1)))
         elif part and _PLAIN_RE.match(part) and "$" not in part:
+            if len(part.encode()) > MAX_SEGMENT_BYTES:
+                raise TemplateError(
+                    f"segment {part[:20]!r}... is longer than {MAX_SEGMENT_BYTES} bytes"
+                )
             segments.append((False, part))
         else:
             shown = part or "(empty)"
@@ -58,7 +62,7 @@ def render_template(template: Template, headers: Mapping[str, str]) -> list[str]
 
     `headers` must be keyed by lower-case header name.
     """
-    missing = [name for name in template.headers if name.lower() not in headers]
+    missing = [name for name in template.headers if _lookup(headers, name) is None]
     if missing:
         raise TemplateSkipped(f"missing header {', '.join(missing)}")
     out = []
@@ -67,7 +71,14 @@ def render_template(template: Template, headers: Mapping[str, str]) -> list[str]
             out.append(value)
             continue
         try:
-            out.append(header_segment(headers[value.lower()]))
+            out.append(header_segment(_lookup(headers, value) or ""))
         except NameError_ as exc:
             raise TemplateSkipped(f"header {value}: {exc}") from None
     return out
+
+
+def _lookup(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header `name`; `_` and `-` match each other, as WSGI cannot tell them apart."""
+    key = name.lower()
+    found = headers.get(key)
+    return found if found is not None else headers.get(key.replace("_", "-"))

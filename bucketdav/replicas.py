@@ -1,0 +1,257 @@
+"""Replicas: an upload filed again under the names its request headers chose (REPLICATE_0..9).
+
+A template such as `user/${Username}/${Topic}` becomes the folder `replica/user/bob/demo/`.
+In it a file upload `results.xml` becomes `results.<YYYYmmdd.HHMM>.<n>.xml`, a hard link of
+its blob; an archive `results.tgz` becomes `results.<stamp>.<n>`, a relative symlink to its
+tree under `explode/`. `<n>` is claimed with a create-exclusive link, so concurrent uploads
+never share a name. `results.latest.xml` (`results.latest` for trees) is a relative symlink to
+the newest one, swapped in with a rename so that readers never find it missing or dangling.
+
+A compressed file that is not an archive (`data.json.gz`) is replicated as uploaded, under
+its own name; its decompressed blob is only in the response. Folders are walked without
+following symlinks, and every claim and `latest` swap in one folder happens under an
+exclusive lock on that folder, so `latest` follows the order in which names were claimed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bucketdav.errors import StoreFull
+from bucketdav.naming import ARCHIVE_SUFFIXES, split_suffix
+from bucketdav.store import Store
+from bucketdav.templates import Template, TemplateSkipped, render_template
+
+if TYPE_CHECKING:
+    from bucketdav.uploads import Outcome
+
+log = logging.getLogger(__name__)
+
+STAMP_FORMAT = "%Y%m%d.%H%M"
+# A tree's replica is named without these: `results.tar.gz` and `results.gz` give `results`.
+TREE_SUFFIXES = frozenset(ARCHIVE_SUFFIXES) | {".gz", ".bz2", ".xz"}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class ReplicaRefused(Exception):
+    """This replica cannot be made; the message says why (the upload itself stands)."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """The names of one upload's replicas in a folder: `<stem>.<stamp>.<n><ext>` and latest."""
+
+    stem: str
+    ext: str
+
+    def stamped(self, stamp: str, index: int) -> str:
+        """The replica name for `stamp` and index `index`."""
+        return f"{self.stem}.{stamp}.{index}{self.ext}"
+
+    @property
+    def latest(self) -> str:
+        """The name of the link to the newest replica."""
+        return f"{self.stem}.latest{self.ext}"
+
+    def parse(self, name: str) -> tuple[str, int] | None:
+        """(stamp, index) when `name` is one of this series' replica names, else None."""
+        pattern = rf"{re.escape(self.stem)}\.(\d{{8}}\.\d{{4}})\.(\d+){re.escape(self.ext)}"
+        match = re.fullmatch(pattern, name)
+        return (match.group(1), int(match.group(2))) if match else None
+
+
+def series_for(filename: str, *, tree: bool) -> Series:
+    """The series of an upload named `filename`: trees lose their archive suffix entirely."""
+    stem, ext = split_suffix(filename)
+    if tree:
+        return Series(stem if ext.lower() in TREE_SUFFIXES else filename, "")
+    return Series(stem, ext)
+
+
+def stamp_of(moment: datetime) -> str:
+    """The UTC minute of `moment` as it appears in replica names: `YYYYmmdd.HHMM`."""
+    return moment.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+def replicate(
+    store: Store,
+    templates: Sequence[Template],
+    headers: Mapping[str, str],
+    outcome: Outcome,
+    *,
+    now: Callable[[], datetime] | None = None,
+) -> None:
+    """Make the replicas of `outcome` that `templates` ask for; fill `replicas` and `skipped`.
+
+    `headers` are keyed by lower-case name. A template with a missing header, or a header
+    value that cannot be a name, is skipped with a message; only a full disk raises.
+    """
+    if not templates:
+        return
+    stamp = stamp_of((now or _utcnow)())
+    tree = outcome.archive is not None
+    series = series_for(outcome.filename, tree=tree)
+    for template in templates:
+        label = f"{template.variable} {template.text}"
+        try:
+            segments = render_template(template, headers)
+            made, note = make_replica(
+                store, segments, target=outcome.final, tree=tree, series=series, stamp=stamp
+            )
+        except (TemplateSkipped, ReplicaRefused) as exc:
+            outcome.skipped.append(f"{label}: {exc}")
+            log.info("replica skipped: %s: %s", label, exc)
+            continue
+        outcome.replicas.append(made)
+        if note:
+            outcome.skipped.append(f"{label}: {note}")
+
+
+def make_replica(
+    store: Store, segments: Sequence[str], *, target: Path, tree: bool, series: Series, stamp: str
+) -> tuple[Path, str | None]:
+    """Claim the next name of `series` in `replica/<segments>/` for `target`, update latest.
+
+    Returns the replica made and a note when `latest` had to be left alone.
+    """
+    folder = replica_folder(store, segments)
+    if tree and not _below(store.trees, target):
+        raise ReplicaRefused(f"{store.relative(target)} is not a tree under explode/")
+    shown = store.relative(folder)
+    try:
+        with _open_folder(store.replicas, segments) as fd, _locked(fd):
+            name = _claim(store, fd, folder, target=target, tree=tree, series=series, stamp=stamp)
+            note = _point_latest(fd, series, name)
+            os.fsync(fd)
+    except (OSError, StoreFull) as exc:
+        if isinstance(exc, StoreFull) or exc.errno in _FULL_ERRNOS:
+            raise StoreFull(
+                f"the store's disk is full: the replica in {shown}/ could not be made "
+                "(the content itself is stored); retry once space is freed"
+            ) from exc
+        log.warning("replica in %s/ failed: %s", shown, exc)
+        raise ReplicaRefused(f"{shown}/ cannot hold a replica: {exc.strerror}") from None
+    return folder / name, note
+
+
+def replica_folder(store: Store, segments: Sequence[str]) -> Path:
+    """`replica/<segments>`, after checking each is one segment and the whole stays inside."""
+    for segment in segments:
+        if (
+            not segment
+            or segment in (".", "..")
+            or segment.startswith(".")
+            or any(c in segment for c in "/\\\0")
+        ):
+            raise ReplicaRefused(f"{segment!r} is not a single safe name")
+    folder = store.replicas.joinpath(*segments)
+    if not segments or not _below(store.replicas, Path(os.path.realpath(folder)), resolve=True):
+        raise ReplicaRefused(f"{'/'.join(segments)} does not stay inside replica/")
+    return folder
+
+
+def _below(base: Path, path: Path, *, resolve: bool = False) -> bool:
+    """True when `path` is strictly inside `base` (both resolved first when asked)."""
+    root = os.path.realpath(base) if resolve else os.path.normpath(base)
+    return os.path.normpath(path).startswith(root + os.sep)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def _open_folder(replicas: Path, segments: Sequence[str]) -> Iterator[int]:
+    """An fd of `replica/<segments>`, made as needed; never follows a symlink on the way."""
+    fd = os.open(replicas, _DIR_FLAGS)
+    try:
+        for segment in segments:
+            try:
+                os.mkdir(segment, 0o755, dir_fd=fd)
+                os.fsync(fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(segment, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                # ELOOP: a symlink (a tree replica) holds this name; ENOTDIR: a file does.
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ReplicaRefused(f"{segment} is a replica, not a folder") from None
+                raise
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    """Hold an exclusive lock on the folder: claims and latest swaps in it take turns."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _claim(
+    store: Store, fd: int, folder: Path, *, target: Path, tree: bool, series: Series, stamp: str
+) -> str:
+    """Create the first free `series` name for `stamp`, exclusively; return the name."""
+    index = _next_index(fd, series, stamp)
+    link_to = os.path.relpath(target, folder) if tree else None
+    while True:
+        name = series.stamped(stamp, index)
+        try:
+            if link_to is not None:
+                os.symlink(link_to, name, dir_fd=fd)
+            else:
+                store.place(target, folder / name)
+            return name
+        except FileExistsError:
+            index += 1
+
+
+def _next_index(fd: int, series: Series, stamp: str) -> int:
+    """Where to start looking: one past what latest points at in this minute, else 0."""
+    try:
+        current = series.parse(os.readlink(series.latest, dir_fd=fd))
+    except OSError:
+        return 0
+    return current[1] + 1 if current and current[0] == stamp else 0
+
+
+def _point_latest(fd: int, series: Series, name: str) -> str | None:
+    """Point `series.latest` at `name` with one rename; a note when the name is not ours."""
+    try:
+        current: str | None = os.readlink(series.latest, dir_fd=fd)
+    except FileNotFoundError:
+        current = None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return f"{series.latest} is not a latest link; left alone"
+    if current is not None and series.parse(current) is None:
+        return f"{series.latest} points elsewhere ({current}); left alone"
+    temp = f".latest-{uuid.uuid4().hex}"
+    os.symlink(name, temp, dir_fd=fd)
+    try:
+        os.replace(temp, series.latest, src_dir_fd=fd, dst_dir_fd=fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=fd)
+        raise
+    return None
