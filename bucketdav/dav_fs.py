@@ -25,6 +25,8 @@ CACHE_ENTRIES = 65536
 _HASH_BLOCK = 1 << 20
 # Content a browser would run or render as a document of this origin.
 # Control characters XML cannot carry, and the surrogates os.fsdecode makes of non-UTF-8 bytes.
+_NONE: frozenset[str] = frozenset()
+_TYPES: dict[str, str] = {}
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _ACTIVE_TYPE = re.compile(r"html|xml|svg|javascript|ecmascript|xsl", re.IGNORECASE)
 
@@ -78,10 +80,15 @@ def inside_public(root: str, real: str) -> bool:
 
 def content_type(name: str) -> str:
     """The media type a file name suggests; unknown names download as octet-stream."""
-    guessed, encoding = mimetypes.guess_type(name, strict=False)
-    if encoding or not guessed:
-        return "application/octet-stream"
-    return guessed
+    # Only the last suffix decides (an encoding suffix such as .gz means octet-stream anyway).
+    suffix = name.rpartition(".")[2] if "." in name else ""
+    known = _TYPES.get(suffix)
+    if known is None:
+        guessed, encoding = mimetypes.guess_type("x." + suffix, strict=False)
+        known = "application/octet-stream" if encoding or not guessed else guessed
+        if len(_TYPES) < 4096:
+            _TYPES[suffix] = known
+    return known
 
 
 def is_active(media_type: str) -> bool:
@@ -147,24 +154,26 @@ class PublicTree:
         if parts[0] not in PUBLIC_TREES:
             return None
         real = self.root
-        seen = {real}
+        seen = [real]
+        st = None
         for part in parts:
-            candidate = os.path.join(real, part)
+            candidate = f"{real}/{part}"
             try:
                 st = os.lstat(candidate)
+                if S_ISLNK(st.st_mode):
+                    candidate = os.path.realpath(candidate)
+                    if candidate in seen or not inside_public(self.root, candidate):
+                        return None
+                    st = os.stat(candidate)
             except (OSError, ValueError):
                 return None
-            if stat.S_ISLNK(st.st_mode):
-                candidate = os.path.realpath(candidate)
-                if not inside_public(self.root, candidate) or candidate in seen:
-                    return None
-            if candidate in seen:
-                return None
             real = candidate
-            seen.add(real)
-        if not inside_public(self.root, real):
+            seen.append(real)
+        if st is None or not inside_public(self.root, real):
             return None
-        return self._node("/" + "/".join(parts), real, frozenset(seen))
+        return _make_node(
+            "/" + "/".join(parts), real, st, frozenset(seen) if S_ISDIR(st.st_mode) else _NONE
+        )
 
     def _node(self, path: str, real: str, seen: frozenset[str]) -> Node | None:
         try:

@@ -352,3 +352,20 @@ def test_public_tree_hashes_non_blob_files_once(layout):
     assert tree.checksum(node, [0]) == layout.page.digest
     other = tree.lookup(layout.tree_url + "/sub/hello.txt")
     assert tree.checksum(other, [0]) is None
+
+
+def test_dav_get_large_file_streams_exact_ranges(fast_dav, layout):
+    data = bytes(range(256)) * 3000 + b"end"
+    blob = layout.store.ingest([data])
+    url = "/" + layout.store.relative(blob.path)
+    assert fast_dav.get(url).body == data
+    part = fast_dav.get(url, headers={"Range": "bytes=1000-700002"}, status=206)
+    assert part.body == data[1000:700003]
+    assert part.headers["Content-Range"] == f"bytes 1000-700002/{len(data)}"
+    assert fast_dav.get(url, headers={"Range": "bytes=-5"}, status=206).body == data[-5:]
+
+
+def test_dav_get_if_range_mismatch_sends_whole_file(fast_dav, layout):
+    url = layout.tree_url + "/sub/hello.txt"
+    resp = fast_dav.get(url, headers={"Range": "bytes=0-1", "If-Range": '"stale"'})
+    assert resp.status_int == 200 and resp.body == b"hello world\n"
