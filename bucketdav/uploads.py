@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from bucketdav.archives import unpack
 from bucketdav.replicas import replicate
 from bucketdav.settings import Settings
 from bucketdav.store import Blob, Store
@@ -47,6 +48,8 @@ def process(store: Store, settings: Settings, blob: Blob, *, filename: str,
             headers: Mapping[str, str]) -> Outcome:
     """Run the steps after storing the blob; `headers` are keyed by lower-case name."""
     outcome = Outcome(blob=blob, filename=filename)
+    unpack(store, outcome, max_bytes=settings.extract_max_bytes,
+           max_files=settings.extract_max_files)
     replicate(store, settings.replicate, headers, outcome)
     log.info(
         "upload %s %s=%s size=%d new=%s decompressed=%s archive=%s replicas=%d",

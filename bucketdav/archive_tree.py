@@ -1,0 +1,277 @@
+"""Build an archive's tree in staging/: members checked first, files hashed once and linked."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from bucketdav.archive_members import (
+    Kind,
+    Layout,
+    MemberPath,
+    check_symlink_text,
+    member_path,
+    refuse,
+    shown,
+)
+from bucketdav.archive_readers import Member
+from bucketdav.errors import ChecksumCollision, UnsafeArchive
+from bucketdav.store import Store, disk_full_as_store_full, same_bytes
+
+log = logging.getLogger(__name__)
+
+_SPACE_CHECK_EVERY = 16 << 20
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REFUSED_KINDS = frozenset({Kind.DEVICE, Kind.FIFO, Kind.SOCKET, Kind.OTHER})
+# Creating and linking files is mostly kernel time, which threads overlap; files up to
+# this size are read whole and written by a worker, larger ones streamed in order.
+_WORKERS = 8
+_SMALL_FILE = 1 << 20
+_IN_FLIGHT_BYTES = 32 << 20
+
+
+class _File:
+    """A regular file of the tree: where it was written, its digest once known, its blob."""
+
+    __slots__ = ("blob", "digest", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.digest: str | Future[str] = ""
+        self.blob = ""
+
+
+class TreeBuilder:
+    """Writes the members of one archive below `root`, a private directory in staging/."""
+
+    def __init__(self, store: Store, root: Path, *, max_bytes: int, max_files: int) -> None:
+        self.store = store
+        self.root = str(root)
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.layout = Layout()
+        self.records: dict[MemberPath, _File] = {}
+        self.hardlinks: list[tuple[str, _File]] = []
+        self.dirs: list[str] = [self.root]
+        self.members = 0
+        self.bytes = 0
+        self.space_check = _SPACE_CHECK_EVERY
+        self.in_flight = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _SMALL_FILE)
+        self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="extract")
+
+    @property
+    def files(self) -> int:
+        """How many regular files the tree holds (hard links included)."""
+        return len(self.records)
+
+    def build(self, members: Iterable[Member]) -> None:
+        """Check and write every member, then link each file to its blob; all in staging/."""
+        try:
+            for member in members:
+                self.add(member)
+            self.layout.check_symlinks()
+            for path, entry in self.layout.entries.items():
+                if entry.kind is Kind.SYMLINK:
+                    os.symlink(entry.target, self._dest(path))
+            for record in self.records.values():
+                if isinstance(record.digest, Future):
+                    record.digest = record.digest.result()
+            self._link_blobs()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, member: Member) -> None:
+        """Decide `member` and, if it is safe, write it; UnsafeArchive otherwise."""
+        self.members += 1
+        if self.members > self.max_files:
+            raise refuse(
+                member.name,
+                f"is one more member than BUCKETDAV_EXTRACT_MAX_FILES ({self.max_files}) allows",
+            )
+        if member.kind in _REFUSED_KINDS:
+            raise refuse(
+                member.name,
+                f"is a {member.kind.value}; only files, directories and links are extracted",
+            )
+        path = member_path(member.name)
+        if member.kind is Kind.HARDLINK:
+            self._add_hardlink(member, path)
+        elif member.kind is Kind.SYMLINK:
+            check_symlink_text(member.name, member.link)
+            self._mkdirs(self.layout.add(path, Kind.SYMLINK, member.name, target=member.link))
+        elif member.kind is Kind.DIR:
+            self._mkdirs(self.layout.add(path, Kind.DIR, member.name))
+        else:
+            self._mkdirs(self.layout.add(path, Kind.FILE, member.name))
+            self._write(member, path)
+
+    def _dest(self, path: MemberPath) -> str:
+        return self.root + "/" + "/".join(path)
+
+    def _mkdirs(self, paths: list[MemberPath]) -> None:
+        with disk_full_as_store_full():
+            for path in paths:
+                target = self._dest(path)
+                os.mkdir(target, 0o755)
+                self.dirs.append(target)
+
+    def _add_hardlink(self, member: Member, path: MemberPath) -> None:
+        try:
+            target = member_path(member.link)
+        except UnsafeArchive:
+            raise refuse(
+                member.name, f"is a hard link to '{shown(member.link)}', which is not a safe name"
+            ) from None
+        entry = self.layout.get(target) if target else None
+        if entry is None or target == path:
+            raise refuse(
+                member.name,
+                f"is a hard link to '{shown(member.link)}', which is not an earlier member",
+            )
+        if entry.kind is Kind.DIR:
+            raise refuse(member.name, "is a hard link to a directory")
+        if entry.kind is Kind.SYMLINK:
+            # A second name of a symlink reads its text from the new place: check it there.
+            self._mkdirs(self.layout.add(path, Kind.SYMLINK, member.name, target=entry.target))
+            return
+        self._mkdirs(self.layout.add(path, Kind.FILE, member.name))
+        record = self.records[target]
+        self.records[path] = record
+        self.hardlinks.append((self._dest(path), record))
+
+    def _write(self, member: Member, path: MemberPath) -> None:
+        if self.bytes + max(member.size, 0) > self.max_bytes:
+            raise self._too_big(member.name)
+        record = _File(self._dest(path))
+        self.records[path] = record
+        chunks = iter(member.chunks() if member.chunks else ())
+        if member.size <= _SMALL_FILE:
+            data = b"".join(self._counted(member.name, chunks))
+            if len(data) <= _SMALL_FILE:
+                self.in_flight.acquire()
+                record.digest = self.pool.submit(self._write_small, record.path, data)
+                return
+            chunks = iter((data,))
+        record.digest = self._write_stream(record.path, self._counted(member.name, chunks))
+
+    def _counted(self, name: str, chunks: Iterable[bytes]) -> Iterable[bytes]:
+        """Pass chunks through, refusing as soon as the total crosses the bound."""
+        for chunk in chunks:
+            self.bytes += len(chunk)
+            if self.bytes > self.max_bytes:
+                raise self._too_big(name)
+            if self.bytes >= self.space_check:
+                self.space_check = self.bytes + _SPACE_CHECK_EVERY
+                self.store.check_space(0)
+            yield chunk
+
+    def _write_small(self, dest: str, data: bytes) -> str:
+        try:
+            return self._write_stream(dest, (data,))
+        finally:
+            self.in_flight.release()
+
+    def _write_stream(self, dest: str, chunks: Iterable[bytes]) -> str:
+        hasher = self.store.new_hasher()
+        with disk_full_as_store_full():
+            fd = os.open(dest, _NEW_FILE, 0o600)
+            try:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
+        return hasher.hexdigest()
+
+    def _too_big(self, name: str) -> UnsafeArchive:
+        return refuse(
+            name,
+            f"takes the extracted data past BUCKETDAV_EXTRACT_MAX_BYTES ({self.max_bytes} bytes)",
+        )
+
+    def _link_blobs(self) -> None:
+        """Flush the tree, then make every file its blob's inode (or a copy past EMLINK)."""
+        with disk_full_as_store_full():
+            for directory in self.dirs:
+                os.chmod(directory, 0o755)
+            # One flush of the file system instead of an fsync per file: no blob may
+            # be linked in before its bytes are on disk.
+            syncfs(self.root)
+            unique = list({id(r): r for r in self.records.values()}.values())
+            list(self.pool.map(self._link_blob, unique, range(len(unique))))
+            for dest, record in self.hardlinks:
+                self.store.place(Path(record.blob), Path(dest))
+            syncfs(self.root)
+
+    def _blob_of(self, digest: str | Future[str]) -> str:
+        assert isinstance(digest, str)
+        return str(self.store.blob_path(digest))
+
+    def _link_blob(self, record: _File, index: int) -> None:
+        blob = record.blob = self._blob_of(record.digest)
+        with disk_full_as_store_full():
+            try:
+                _link_making_parent(record.path, blob)
+                return
+            except FileExistsError:
+                pass
+            if not self.store.trusts_digest and not same_bytes(Path(record.path), Path(blob)):
+                log.error(
+                    "checksum collision: %s %s in an archive differs from the stored blob",
+                    self.store.algorithm,
+                    record.digest,
+                )
+                raise ChecksumCollision(
+                    f"{self.store.algorithm} {record.digest} is already stored with different "
+                    "content; the stored blob is kept and this archive is not extracted"
+                )
+            swap = f"{self.root}.swap{index}"
+            try:
+                os.link(blob, swap)
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    raise
+                # The blob has all the links the file system allows; ours stays, a copy.
+                return
+            os.replace(swap, record.path)
+
+
+def _link_making_parent(source: str, dest: str) -> None:
+    try:
+        os.link(source, dest)
+    except FileNotFoundError:
+        # The blob's fan-out directory is new; makedirs tolerates a racing twin.
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.link(source, dest)
+
+
+def syncfs(path: str | Path) -> None:
+    """Flush the whole file system holding `path`."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC_SYNCFS is None:
+            os.sync()
+        elif _LIBC_SYNCFS(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+
+
+def _find_syncfs() -> ctypes._CFuncPtr | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC_SYNCFS = _find_syncfs()
