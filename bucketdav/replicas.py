@@ -100,7 +100,7 @@ def replicate(
     """
     if not templates:
         return
-    stamp = stamp_of((now or _utcnow)())
+    clock = now or _utcnow
     tree = outcome.archive is not None
     series = series_for(outcome.filename, tree=tree)
     for template in templates:
@@ -108,7 +108,7 @@ def replicate(
         try:
             segments = render_template(template, headers)
             made, note = make_replica(
-                store, segments, target=outcome.final, tree=tree, series=series, stamp=stamp
+                store, segments, target=outcome.final, tree=tree, series=series, clock=clock
             )
         except (TemplateSkipped, ReplicaRefused) as exc:
             outcome.skipped.append(f"{label}: {exc}")
@@ -120,11 +120,18 @@ def replicate(
 
 
 def make_replica(
-    store: Store, segments: Sequence[str], *, target: Path, tree: bool, series: Series, stamp: str
+    store: Store,
+    segments: Sequence[str],
+    *,
+    target: Path,
+    tree: bool,
+    series: Series,
+    clock: Callable[[], datetime],
 ) -> tuple[Path, str | None]:
     """Claim the next name of `series` in `replica/<segments>/` for `target`, update latest.
 
-    Returns the replica made and a note when `latest` had to be left alone.
+    Returns the replica made and a note when `latest` had to be left alone. The time is read
+    under the folder's lock, so names are claimed, and `latest` moves, in time order.
     """
     folder = replica_folder(store, segments)
     if tree and not _below(store.trees, target):
@@ -132,6 +139,7 @@ def make_replica(
     shown = store.relative(folder)
     try:
         with _open_folder(store.replicas, segments) as fd, _locked(fd):
+            stamp = stamp_of(clock())
             name = _claim(store, fd, folder, target=target, tree=tree, series=series, stamp=stamp)
             note = _point_latest(fd, series, name)
             os.fsync(fd)

@@ -140,6 +140,25 @@ def test_replicate_new_minute_starts_at_zero_and_moves_latest(store):
     assert os.readlink(later.replicas[0].parent / "results.latest.xml") == later.replicas[0].name
 
 
+def test_replicate_latest_follows_the_last_upload_when_the_clock_steps_back(store):
+    run(store, file_outcome(store, b"a"), moment=MOMENT + timedelta(minutes=5))
+    last = run(store, file_outcome(store, b"b"), moment=MOMENT)
+    assert last.replicas[0].name == f"results.{STAMP}.0.xml"
+    assert (last.replicas[0].parent / "results.latest.xml").read_bytes() == b"b"
+
+
+def test_replicate_reads_the_clock_once_per_replica(store):
+    calls = []
+    templates = (TEMPLATE, parse_template("REPLICATE_1", "topic/${Topic}"))
+
+    def clock():
+        calls.append(1)
+        return MOMENT
+
+    replicate(store, templates, BOB, file_outcome(store), now=clock)
+    assert len(calls) == 2
+
+
 def test_replicate_takes_the_first_free_index_when_names_are_taken(store):
     folder = store.replicas / "user/bob/demo"
     folder.mkdir(parents=True)
