@@ -1,0 +1,617 @@
+"""Archives at the unit level: classification, member decisions, and unpack() over a real store."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bucketdav.archive_members import Kind, Layout, member_path
+from bucketdav.archives import classify, unpack
+from bucketdav.errors import UnsafeArchive
+from bucketdav.store import Store
+from bucketdav.uploads import Outcome
+
+MiB = 1 << 20
+
+# -- building archives in the tests (no binaries in the repository) ---------------------
+
+
+def F(name: str, data: bytes = b"x", mode: int = 0o644) -> tuple:
+    """A regular file member."""
+    return ("file", name, data, mode)
+
+
+def D(name: str, mode: int = 0o755) -> tuple:
+    """A directory member."""
+    return ("dir", name, b"", mode)
+
+
+def S(name: str, target: str) -> tuple:
+    """A symlink member."""
+    return ("sym", name, target, 0o777)
+
+
+def H(name: str, target: str) -> tuple:
+    """A hard-link member (tar only)."""
+    return ("hard", name, target, 0o644)
+
+
+def T(name: str, kind: str) -> tuple:
+    """A special member: chr, blk, fifo (tar) or those and sock (zip)."""
+    return (kind, name, b"", 0o644)
+
+
+_TAR_TYPES = {
+    "dir": tarfile.DIRTYPE,
+    "sym": tarfile.SYMTYPE,
+    "hard": tarfile.LNKTYPE,
+    "chr": tarfile.CHRTYPE,
+    "blk": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
+
+
+def tar_bytes(
+    members: list[tuple], *, compression: str = "", fmt: int = tarfile.PAX_FORMAT
+) -> bytes:
+    """A tar (optionally gz, bz2 or xz) holding exactly `members`, hostile ones included."""
+    buf = io.BytesIO()
+    mode = f"w:{compression}" if compression else "w"
+    with tarfile.open(
+        fileobj=buf, mode=mode, format=fmt, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
+        for kind, name, payload, perm in members:
+            info = tarfile.TarInfo(name)
+            info.mode = perm
+            info.mtime = 1_700_000_000
+            if kind == "file":
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+                continue
+            info.type = _TAR_TYPES[kind]
+            if kind in ("sym", "hard"):
+                info.linkname = payload
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+_ZIP_MODES = {
+    "dir": stat.S_IFDIR | 0o755,
+    "sym": stat.S_IFLNK | 0o777,
+    "chr": stat.S_IFCHR | 0o644,
+    "blk": stat.S_IFBLK | 0o644,
+    "fifo": stat.S_IFIFO | 0o644,
+    "sock": stat.S_IFSOCK | 0o644,
+}
+
+
+def zip_bytes(members: list[tuple], *, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip holding exactly `members`; symlinks and specials carry Unix modes as Info-ZIP does."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for kind, name, payload, perm in members:
+            info = zipfile.ZipInfo(name + ("/" if kind == "dir" else ""), (2024, 1, 2, 3, 4, 6))
+            info.compress_type = compression
+            info.create_system = 3
+            mode = _ZIP_MODES.get(kind, stat.S_IFREG | perm)
+            info.external_attr = mode << 16
+            data = payload.encode() if isinstance(payload, str) else payload
+            archive.writestr(info, data)
+    return buf.getvalue()
+
+
+def make_source_tree(root: Path) -> Path:
+    """A small tree with what real archives hold: nesting, empty and duplicate files, links."""
+    files = {
+        "README.md": b"# demo\n",
+        "src/main.py": b"print('hello')\n" * 50,
+        "src/pkg/util.py": b"def f():\n    return 1\n",
+        "empty.txt": b"",
+        "dup1.txt": b"same bytes\n",
+        "dup2.txt": b"same bytes\n",
+        "data/big.bin": hashlib.sha256(b"seed").digest() * (MiB // 16),
+        "ünïcode/名前.txt": b"unicode\n",
+        "nested/inner.tgz": gzip.compress(b"not extracted again"),
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    (root / "emptydir").mkdir()
+    (root / "link-to-readme").symlink_to("README.md")
+    (root / "src" / "pkg" / "up").symlink_to("../main.py")
+    (root / "src" / "alias").symlink_to("pkg")
+    return root
+
+
+def pack_tar(root: Path, compression: str = "") -> bytes:
+    """`root` as a tar, the way `tar c .` lists it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}" if compression else "w") as tar:
+        tar.add(root, arcname=".")
+    return buf.getvalue()
+
+
+def pack_zip(root: Path, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """`root` as a zip, symlinks stored as Info-ZIP does."""
+    members = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                members.append(S(rel, os.readlink(path)))
+            elif path.is_dir():
+                members.append(D(rel))
+            else:
+                members.append(F(rel, path.read_bytes()))
+    return zip_bytes(members, compression=compression)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry below `root`: directories, file contents, symlink targets."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                out[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                out[rel] = ("dir",)
+            else:
+                out[rel] = ("file", path.read_bytes())
+    return out
+
+
+# -- running unpack over a store -----------------------------------------------------------
+
+
+@pytest.fixture
+def store(store_root: Path) -> Store:
+    """An opened md5 store in the test's temporary directory."""
+    opened = Store(store_root, "md5")
+    opened.open()
+    return opened
+
+
+def run(
+    store: Store,
+    data: bytes,
+    name: str = "upload.bin",
+    *,
+    max_bytes: int = 64 * MiB,
+    max_files: int = 1000,
+) -> Outcome:
+    """Store `data` as an upload's blob and unpack it, as process() does."""
+    outcome = Outcome(blob=store.ingest([data]), filename=name)
+    unpack(store, outcome, max_bytes=max_bytes, max_files=max_files)
+    return outcome
+
+
+def assert_no_tree_left(store: Store) -> None:
+    """No partial tree anywhere, staging empty, nothing written beside the store."""
+    assert list(store.staging.iterdir()) == []
+    assert list(store.trees.iterdir()) == []
+    assert list((store.root.parent / "outside").iterdir()) == []
+
+
+def refused(
+    store: Store, data: bytes, *, member: str, name: str = "evil.tar", **bounds: int
+) -> str:
+    """Unpack `data`, expect a refusal naming `member`; returns the message."""
+    with pytest.raises(UnsafeArchive) as caught:
+        run(store, data, name, **bounds)
+    assert caught.value.member == member
+    message = str(caught.value)
+    assert "nothing was extracted" in message
+    assert_no_tree_left(store)
+    assert store.find(hashlib.md5(data).hexdigest()) is not None  # noqa: S324 - md5 store
+    return message
+
+
+# -- classify ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (gzip.compress(b"x"), "gzip"),
+        (bz2.compress(b"x"), "bzip2"),
+        (bz2.compress(b""), "bzip2"),
+        (lzma.compress(b"x"), "xz"),
+        (tar_bytes([F("a")]), "tar"),
+        (tar_bytes([F("a")], fmt=tarfile.GNU_FORMAT), "tar"),
+        (zip_bytes([F("a")]), "zip"),
+        (zip_bytes([]), "zip"),
+        (b"BZh9 is how this text file starts", None),
+        (b"PK but not a zip", None),
+        (b"", None),
+        (b"plain text\n" * 100, None),
+    ],
+)
+def test_archives_classify_by_magic_bytes(data, kind):
+    assert classify(data[:512]) == kind
+
+
+# -- member names --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("a/b.txt", ("a", "b.txt")),
+        ("./a//b/", ("a", "b")),
+        (".", ()),
+        ("ü/名", ("ü", "名")),
+        ("a..b/..c", ("a..b", "..c")),
+    ],
+)
+def test_archives_member_path_accepts_plain_names(name, path):
+    assert member_path(name) == path
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("/etc/passwd", "absolute"),
+        ("../x", "'..'"),
+        ("a/../../x", "'..'"),
+        ("a/../b", "'..'"),
+        ("..\\x", "backslash"),
+        ("a\x00b", "NUL"),
+        ("a\nb", "control character"),
+        ("bad\udcffname", "not valid UTF-8"),
+        ("x" * 256, "longer than 255"),
+        ("é" * 128, "longer than 255"),
+        ("/".join(["d" * 200] * 21), "longer than 4096"),
+        ("", "empty"),
+    ],
+)
+def test_archives_member_path_refuses_dubious_names(name, reason):
+    with pytest.raises(UnsafeArchive) as caught:
+        member_path(name)
+    assert reason in str(caught.value)
+    assert caught.value.member == name
+
+
+def test_archives_layout_refuses_file_dir_conflicts_and_duplicates():
+    layout = Layout()
+    assert layout.add(("a", "b"), Kind.FILE, "a/b") == [("a",)]
+    assert layout.add(("a",), Kind.DIR, "a/") == []  # an implied directory listed later
+    for path, kind in [
+        (("a", "b"), Kind.FILE),
+        (("a", "b", "c"), Kind.FILE),
+        (("a",), Kind.FILE),
+        (("a",), Kind.DIR),
+    ]:
+        with pytest.raises(UnsafeArchive):
+            layout.add(path, kind, "/".join(path))
+
+
+def test_archives_layout_follows_symlink_chains_like_the_kernel():
+    layout = Layout()
+    layout.add(("a", "l1"), Kind.SYMLINK, "a/l1", target="..")
+    layout.add(("a", "ok"), Kind.SYMLINK, "a/ok", target="l1/a")
+    layout.add(("a", "l2"), Kind.SYMLINK, "a/l2", target="l1/..")
+    assert layout.resolve(("a", "ok"), layout.get(("a", "ok"))) == ("a",)
+    with pytest.raises(UnsafeArchive) as caught:
+        layout.check_symlinks()
+    assert caught.value.member == "a/l2"
+
+
+def test_archives_layout_refuses_symlink_loops():
+    layout = Layout()
+    layout.add(("x",), Kind.SYMLINK, "x", target="y")
+    layout.add(("y",), Kind.SYMLINK, "y", target="x/z")
+    with pytest.raises(UnsafeArchive) as caught:
+        layout.check_symlinks()
+    assert "loop" in str(caught.value)
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+def assert_tree_is_blobs(store: Store, tree: Path) -> int:
+    """Every regular file of `tree` is the inode of the blob of its content; returns how many."""
+    count = 0
+    for dirpath, _dirs, files in os.walk(tree):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                continue
+            digest = hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 - md5 store
+            assert os.stat(path).st_ino == os.stat(store.blob_path(digest)).st_ino, path
+            assert stat.S_IMODE(path.stat().st_mode) == 0o444
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_archives_tar_round_trip(store, tmp_path, compression):
+    source = make_source_tree(tmp_path / "src")
+    data = pack_tar(source, compression)
+    outcome = run(store, data, "src.tar")
+    tar = outcome.decompressed.path.read_bytes() if compression else data
+    assert outcome.archive.digest == hashlib.md5(tar).hexdigest()  # noqa: S324 - md5 store
+    assert outcome.archive.path == store.tree_path(outcome.archive.digest)
+    assert snapshot(outcome.archive.path) == snapshot(source)
+    assert outcome.archive.files == assert_tree_is_blobs(store, outcome.archive.path) == 9
+    assert list(store.staging.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
+)
+def test_archives_zip_round_trip(store, tmp_path, compression):
+    source = make_source_tree(tmp_path / "src")
+    data = pack_zip(source, compression)
+    outcome = run(store, data, "src.zip")
+    assert outcome.decompressed is None
+    assert outcome.archive.digest == hashlib.md5(data).hexdigest()  # noqa: S324 - md5 store
+    assert snapshot(outcome.archive.path) == snapshot(source)
+    assert assert_tree_is_blobs(store, outcome.archive.path) == 9
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+def test_archives_single_compressed_file_becomes_its_own_blob(store, compress):
+    content = b"log line\n" * 10_000
+    outcome = run(store, compress(content), "build.log.gz")
+    assert outcome.decompressed.path.read_bytes() == content
+    assert outcome.decompressed.digest == hashlib.md5(content).hexdigest()  # noqa: S324
+    assert outcome.archive is None
+    assert list(store.trees.iterdir()) == []
+
+
+def test_archives_concatenated_gzip_members_decompress_whole(store):
+    outcome = run(store, gzip.compress(b"one\n") + gzip.compress(b"two\n"), "x.gz")
+    assert outcome.decompressed.path.read_bytes() == b"one\ntwo\n"
+
+
+def test_archives_plain_file_is_left_alone(store):
+    outcome = run(store, b"just text\n", "notes.txt")
+    assert outcome.decompressed is None and outcome.archive is None
+
+
+def test_archives_hard_links_share_the_blob(store):
+    data = tar_bytes([F("a", b"shared"), H("b", "a"), H("c", "b"), D("d"), H("d/e", "./a")])
+    tree = run(store, data).archive.path
+    inodes = {os.stat(tree / p).st_ino for p in ("a", "b", "c", "d/e")}
+    assert inodes == {os.stat(store.blob_path(hashlib.md5(b"shared").hexdigest())).st_ino}  # noqa: S324
+
+
+def test_archives_hard_link_to_inner_symlink_is_a_symlink(store):
+    data = tar_bytes([F("d/f"), S("d/l", "f"), H("d/m", "d/l")])
+    tree = run(store, data).archive.path
+    assert os.readlink(tree / "d" / "m") == "f"
+    assert (tree / "d" / "m").read_bytes() == b"x"
+
+
+def test_archives_modes_are_sane_whatever_the_archive_says(store):
+    data = tar_bytes(
+        [F("run.sh", b"#!/bin/sh\n", mode=0o6777), D("open", mode=0o1777), F("open/f", mode=0o666)]
+    )
+    tree = run(store, data).archive.path
+    assert stat.S_IMODE((tree / "run.sh").stat().st_mode) == 0o444
+    assert stat.S_IMODE((tree / "open").stat().st_mode) == 0o755
+    assert stat.S_IMODE(tree.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tree / "open" / "f").stat().st_mode) == 0o444
+
+
+def test_archives_zip_names_without_utf8_flag_are_cp437(store):
+    data = zip_bytes([F("Xber.txt", b"u")]).replace(b"Xber.txt", b"\x81ber.txt")
+    tree = run(store, data, "legacy.zip").archive.path
+    assert [p.name for p in tree.iterdir()] == ["über.txt"]
+
+
+def test_archives_nested_archive_is_a_plain_file(store):
+    inner = tar_bytes([F("inner.txt")], compression="gz")
+    outcome = run(store, tar_bytes([F("inner.tgz", inner)], compression="gz"), "outer.tgz")
+    assert (outcome.archive.path / "inner.tgz").read_bytes() == inner
+    assert len(list(store.trees.glob("*/*/*"))) == 1
+
+
+def test_archives_tar_of_only_its_top_directory_is_an_empty_tree(store):
+    outcome = run(store, tar_bytes([D(".")]), "empty.tar")
+    assert list(outcome.archive.path.iterdir()) == []
+    assert outcome.archive.files == 0
+
+
+def test_archives_tar_without_members_is_only_a_blob(store):
+    # All zeros: nothing says it is a tar, and there is nothing to browse.
+    outcome = run(store, tar_bytes([]), "empty.tar")
+    assert outcome.archive is None
+
+
+def test_archives_repeat_unpack_reuses_the_tree(store, monkeypatch):
+    data = tar_bytes([F("a/b", b"1"), F("c", b"2")], compression="gz")
+    first = run(store, data, "x.tgz").archive
+    built = []
+    monkeypatch.setattr("bucketdav.archives.TreeBuilder", lambda *a, **k: built.append(1))
+    second = run(store, data, "x.tgz").archive
+    assert built == []
+    assert second.path == first.path and second.files == 2
+    assert first.created and not second.created
+
+
+def test_archives_losing_the_rename_race_keeps_the_existing_tree(store, monkeypatch):
+    data = tar_bytes([F("a", b"mine")])
+    digest = hashlib.md5(data).hexdigest()  # noqa: S324 - md5 store
+    final = store.tree_path(digest)
+    real_is_dir = Path.is_dir
+
+    def racing_is_dir(path: Path) -> bool:
+        # Another upload publishes the same tree just after this one looked.
+        if path == final and not real_is_dir(path):
+            final.mkdir(parents=True)
+            (final / "theirs").write_bytes(b"")
+            return False
+        return real_is_dir(path)
+
+    monkeypatch.setattr(Path, "is_dir", racing_is_dir)
+    tree = run(store, data).archive
+    assert tree.path == final and not tree.created
+    assert [p.name for p in final.iterdir()] == ["theirs"]
+    assert list(store.staging.iterdir()) == []
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("members", "member", "reason"),
+    [
+        ([F("/etc/evil")], "/etc/evil", "absolute"),
+        ([F("../outside/evil")], "../outside/evil", "'..'"),
+        ([D("a"), F("a/../../outside/evil")], "a/../../outside/evil", "'..'"),
+        ([S("l", "/etc/passwd")], "l", "absolute path"),
+        ([S("l", "../outside")], "l", "outside the archive"),
+        ([D("a"), S("a/l1", ".."), S("a/l2", "l1/..")], "a/l2", "outside the archive"),
+        ([S("l", "sub"), D("sub"), S("sub/x", "../l/../..")], "sub/x", "outside the archive"),
+        ([S("l", "l")], "l", "loop"),
+        ([D("d"), S("l", "d"), F("l/evil")], "l/evil", "made it a symlink"),
+        ([H("h", "/etc/passwd")], "h", "not a safe name"),
+        ([H("h", "../outside/x")], "h", "not a safe name"),
+        ([H("h", "later"), F("later")], "h", "not an earlier member"),
+        ([D("d"), H("h", "d")], "h", "directory"),
+        ([D("a/b/c"), S("a/b/c/l", "../../.."), H("h", "a/b/c/l")], "h", "outside the archive"),
+        ([S("a/b/l", ".."), H("c/d/h", "a/b/l"), H("x", "c/d/h")], "x", "outside the archive"),
+        ([T("dev/null", "chr")], "dev/null", "device"),
+        ([T("dev/sda", "blk")], "dev/sda", "device"),
+        ([T("pipe", "fifo")], "pipe", "fifo"),
+        ([F("a"), F("a")], "a", "twice"),
+        ([F("a"), D("a")], "a", "twice"),
+        ([D("a"), F("a")], "a", "twice"),
+        ([F("a"), F("a/b")], "a/b", "made it a file"),
+        ([F("a/b"), F("a")], "a", "need a directory"),
+        ([F("a\nb")], "a\nb", "control character"),
+        ([F("bad\udcffname")], "bad\udcffname", "not valid UTF-8"),
+        ([F("n" * 256)], "n" * 256, "longer than 255"),
+        ([F("/".join(["d" * 250] * 17))], "/".join(["d" * 250] * 17), "longer than 4096"),
+        ([F("..\\..\\evil")], "..\\..\\evil", "backslash"),
+        ([S(".", "..")], ".", "top directory"),
+    ],
+)
+def test_archives_tar_refusals(store, members, member, reason):
+    message = refused(store, tar_bytes(members, compression="gz"), member=member, name="evil.tgz")
+    assert reason in message
+
+
+@pytest.mark.parametrize(
+    ("members", "member", "reason"),
+    [
+        ([F("/abs")], "/abs", "absolute"),
+        ([F("../../outside/evil")], "../../outside/evil", "'..'"),
+        ([S("l", "../../etc")], "l", "outside the archive"),
+        ([S("l", "/etc")], "l", "absolute path"),
+        ([T("dev", "chr")], "dev", "device"),
+        ([T("pipe", "fifo")], "pipe", "fifo"),
+        ([T("sock", "sock")], "sock", "socket"),
+        ([F("a"), F("a")], "a", "twice"),
+        ([F("a"), F("a/b")], "a/b", "made it a file"),
+        ([F("dir\\..\\..\\evil")], "dir\\..\\..\\evil", "backslash"),
+    ],
+)
+def test_archives_zip_refusals(store, members, member, reason):
+    message = refused(store, zip_bytes(members), member=member, name="evil.zip")
+    assert reason in message
+
+
+def test_archives_zip_name_with_nul_is_refused_not_truncated(store):
+    data = zip_bytes([F("okXname")]).replace(b"okXname", b"ok\x00name")
+    assert "NUL" in refused(store, data, member="ok\x00name", name="nul.zip")
+
+
+def test_archives_too_many_members_is_refused(store):
+    data = tar_bytes([F(f"f{i}") for i in range(6)])
+    assert "BUCKETDAV_EXTRACT_MAX_FILES (5)" in refused(store, data, member="f5", max_files=5)
+
+
+def test_archives_too_many_bytes_is_refused(store):
+    data = tar_bytes([F("a", b"1" * 600), F("b", b"2" * 600)])
+    message = refused(store, data, member="b", max_bytes=1000)
+    assert "BUCKETDAV_EXTRACT_MAX_BYTES (1000 bytes)" in message
+
+
+def _corrupt_zip_crc(data: bytes) -> bytes:
+    """The same zip with a wrong CRC in its central directory: only a full read notices."""
+    at = data.index(b"PK\x01\x02") + 16
+    return data[:at] + bytes(b ^ 0xFF for b in data[at : at + 4]) + data[at + 4 :]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2])
+def test_archives_zip_bomb_stops_at_the_bound(store, compression):
+    # A read to the end would report the bad CRC; stopping at the bound reports the bound.
+    bomb = _corrupt_zip_crc(zip_bytes([F("zeros", bytes(64 * MiB))], compression=compression))
+    assert len(bomb) < MiB
+    message = refused(store, bomb, member="zeros", name="bomb.zip", max_bytes=2 * MiB)
+    assert "BUCKETDAV_EXTRACT_MAX_BYTES" in message
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+def test_archives_compressed_bomb_stops_at_the_bound(store, compress):
+    # Cut short, the stream would be reported truncated if it were read to its end.
+    bomb = compress(bytes(64 * MiB))[:-8]
+    with pytest.raises(UnsafeArchive) as caught:
+        run(store, bomb, "bomb.gz", max_bytes=2 * MiB)
+    assert "BUCKETDAV_EXTRACT_MAX_BYTES" in str(caught.value)
+    assert caught.value.member == "bomb.gz"
+    assert list(store.staging.iterdir()) == []
+    assert len(list(store.blobs.glob("*/*/*"))) == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(tar_bytes([F("a", b"1" * 5000)], compression="gz")[:-40], id="tgz-cut"),
+        pytest.param(gzip.compress(b"x" * 1000)[:20], id="gz-cut"),
+        pytest.param(b"\x1f\x8b\x08" + b"garbage" * 10, id="gz-garbage"),
+        pytest.param(bz2.compress(b"x" * 1000)[:-10], id="bz2-cut"),
+        pytest.param(lzma.compress(b"x" * 1000)[:-10], id="xz-cut"),
+        pytest.param(zip_bytes([F("a", b"1" * 5000)])[:-30], id="zip-cut"),
+        pytest.param(b"PK\x03\x04" + b"\0" * 200, id="zip-garbage"),
+    ],
+)
+def test_archives_truncated_or_malformed_is_refused(store, data):
+    with pytest.raises(UnsafeArchive) as caught:
+        run(store, data, "broken")
+    assert "truncated or malformed" in str(caught.value)
+    assert caught.value.member
+    assert_no_tree_left(store)
+
+
+def test_archives_tar_cut_inside_a_member_is_refused(store):
+    data = tar_bytes([F("first", b"1" * 100), F("second", b"2" * 5000)])
+    message = refused(store, data[: 512 * 4], member="second", name="cut.tar")
+    assert "truncated" in message
+
+
+def test_archives_tar_with_damaged_header_after_a_member_is_refused(store):
+    data = bytearray(tar_bytes([F("first", b"1" * 100), F("second", b"2")]))
+    data[1024:1036] = b"not a header"
+    message = refused(store, bytes(data), member="first", name="damaged.tar")
+    assert "damaged" in message
+
+
+def test_archives_tar_with_oversized_pax_header_is_refused(store):
+    data = tar_bytes([F("p" * (2 * MiB))])
+    message = refused(store, data, member="big.tar", name="big.tar")
+    assert "header of more than" in message
+
+
+def test_archives_encrypted_zip_member_is_refused(store):
+    data = bytearray(zip_bytes([F("secret", b"s" * 100)]))
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.index(signature) + flags_at
+        data[at] |= 1
+    message = refused(store, bytes(data), member="secret", name="enc.zip")
+    assert "encrypted" in message
