@@ -218,3 +218,19 @@ def test_upload_replica_folder_lists_over_propfind(make_client):
     assert resp.status_int == 207
     assert f"/replica/user/bob/demo/{name}" in resp.text
     assert "/replica/user/bob/demo/a.latest.txt" in resp.text
+
+
+@needs_archives
+def test_upload_archive_latest_shows_as_a_folder_over_propfind(make_client):
+    client = make_client(**TEMPLATES)
+    name = put(client, "results.tgz", tgz({"v.txt": b"1"}), BOB).json["path"]["replicas"][0]
+    resp = client.request(
+        "/replica/user/bob/demo/", method="PROPFIND", headers={"Depth": "1"}, expect_errors=True
+    )
+    assert resp.status_int == 207
+    assert f"/{name}/<" in resp.text
+    assert "/replica/user/bob/demo/results.latest/<" in resp.text
+    inside = client.request(
+        "/replica/user/bob/demo/results.latest/", method="PROPFIND", headers={"Depth": "1"}
+    )
+    assert "/replica/user/bob/demo/results.latest/v.txt<" in inside.text
