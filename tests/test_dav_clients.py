@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
+import tarfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cheroot import wsgi
 
+from bucketdav.dav import make_dav_app
 from bucketdav.store import Store
-from tests.conftest import IN_CI, LiveServer, require_tool
+from tests.conftest import IN_CI, LiveServer, make_settings, require_tool
 
 pytestmark = [pytest.mark.client, pytest.mark.slow]
 
@@ -50,27 +55,26 @@ def need_root() -> None:
 
 
 @pytest.fixture
-def published(live_server: LiveServer, tmp_path: Path) -> Published:
-    """Sources uploaded as blobs, laid out as an extracted tree and a replica linking to it."""
+def published(live_server_factory: Callable[..., LiveServer], tmp_path: Path) -> Published:
+    """The sources uploaded as one .tgz: extracted to explode/, filed as a replica tree."""
+    server = live_server_factory(REPLICATE_0="team/${Topic}")
     sources = tmp_path / "sources"
-    store = Store(live_server.root, "md5")
-    tree = store.tree_path("0123456789abcdef" * 2)
-    checksums: dict[str, str] = {}
     for name, data in SOURCES.items():
         (sources / name).parent.mkdir(parents=True, exist_ok=True)
         (sources / name).write_bytes(data)
-        resp = live_server.upload(Path(name).name, data)
-        assert resp.status == 200, resp.body
-        digest = resp.json()["checksum"]["blob"]
-        checksums[name] = digest
-        (tree / name).parent.mkdir(parents=True, exist_ok=True)
-        store.place(store.blob_path(digest), tree / name)
-    replica = live_server.root / "replica" / "team" / "nightly"
-    replica.mkdir(parents=True)
-    os.symlink(os.path.relpath(tree, replica), replica / "build.latest")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name in SOURCES:
+            tar.add(sources / name, arcname=name)
+    resp = server.upload("build.tgz", archive.getvalue(), headers={"Topic": "nightly"})
+    assert resp.status == 200, resp.body
+    replica = server.root / "replica" / "team" / "nightly"
+    assert (replica / "build.latest").is_symlink()
+    # Something on disk that points out of the store must stay invisible.
     os.symlink("/etc", replica / "escape")
+    checksums = {name: hashlib.md5(data).hexdigest() for name, data in SOURCES.items()}  # noqa: S324
     return Published(
-        live_server, sources, "/" + store.relative(tree), "/replica/team/nightly", checksums
+        server, sources, "/" + resp.json()["path"]["archive"], "/replica/team/nightly", checksums
     )
 
 
@@ -238,3 +242,31 @@ def test_dav_cadaver_gets_and_is_refused_writes(published, tmp_path):
     assert "failed" in put_line.split("mkcol", 1)[0]
     assert "405" in out.split("newdir", 1)[1]
     assert snapshot(published.server.root) == before
+
+
+@pytest.fixture
+def generic_url(published: Published) -> Iterator[str]:
+    """The same store served with every read going through WsgiDAV and our provider."""
+    store = Store(published.server.root, "md5")
+    app = make_dav_app(make_settings(published.server.root), store, fast=False)
+    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=4)
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.bind_addr[1]}/"
+    finally:
+        server.stop()
+        thread.join(10)
+
+
+def test_dav_rclone_sees_the_same_through_the_generic_provider(published, generic_url, tmp_path):
+    fast, generic = (
+        remote(published.server, published.replica_dir),
+        (f":webdav,url='{generic_url}':{published.replica_dir.lstrip('/')}"),
+    )
+    for command in (["lsf", "-R"], ["md5sum", "--webdav-vendor", "owncloud"]):
+        a, b = rclone([*command, fast], tmp_path), rclone([*command, generic], tmp_path)
+        assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+        assert sorted(a.stdout.splitlines()) == sorted(b.stdout.splitlines())
+        assert len(a.stdout.splitlines()) >= len(SOURCES)
