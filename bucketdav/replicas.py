@@ -150,7 +150,7 @@ def make_replica(
                 "(the content itself is stored); retry once space is freed"
             ) from exc
         log.warning("replica in %s/ failed: %s", shown, exc)
-        raise ReplicaRefused(f"{shown}/ cannot hold a replica: {exc.strerror}") from None
+        raise ReplicaRefused(f"{shown}/ cannot hold a replica: {exc.strerror or exc}") from None
     return folder / name, note
 
 
@@ -165,15 +165,14 @@ def replica_folder(store: Store, segments: Sequence[str]) -> Path:
         ):
             raise ReplicaRefused(f"{segment!r} is not a single safe name")
     folder = store.replicas.joinpath(*segments)
-    if not segments or not _below(store.replicas, Path(os.path.realpath(folder)), resolve=True):
+    if not segments or not _below(os.path.realpath(store.replicas), os.path.realpath(folder)):
         raise ReplicaRefused(f"{'/'.join(segments)} does not stay inside replica/")
     return folder
 
 
-def _below(base: Path, path: Path, *, resolve: bool = False) -> bool:
-    """True when `path` is strictly inside `base` (both resolved first when asked)."""
-    root = os.path.realpath(base) if resolve else os.path.normpath(base)
-    return os.path.normpath(path).startswith(root + os.sep)
+def _below(base: str | Path, path: str | Path) -> bool:
+    """True when `path` is strictly inside `base`, comparing normalised paths."""
+    return os.path.normpath(path).startswith(os.path.normpath(base) + os.sep)
 
 
 def _utcnow() -> datetime:
