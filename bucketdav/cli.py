@@ -1,4 +1,4 @@
-"""Command line: `bucketdav serve` runs the server."""
+"""Command line: `bucketdav serve` runs the server, `bucketdav check` checks a store."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", help="port to listen on, 0 for any free one (BUCKETDAV_PORT, default 8080)"
     )
     serve.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
+    check = commands.add_parser("check", help="check a store's layout; exit 0 only when clean")
+    check.add_argument("--full", action="store_true", help="hash every blob and copy")
+    check.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
+    check.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
+    check.set_defaults(host=None, port=None)
     return parser
 
 
@@ -53,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bucketdav.server import serve
 
             serve(settings)
+        elif args.command == "check":
+            from bucketdav.check import run_check
+
+            return run_check(settings, full=args.full, repair=args.repair)
     except (SettingError, StoreError) as exc:
         print(f"bucketdav: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,602 @@
+"""The store checker: walks a store, reports what breaks the layout's invariants, repairs safely.
+
+Safe to run while the server serves: explode/ and replica/ are walked before blob/ (a file
+there was linked from a blob that existed first, so its inode is found), replica folders are
+read under the same folder lock the server takes to claim names and swap `latest`, and
+staging/ entries count as leftovers only once nothing in them changed for an hour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import shutil
+import stat
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from bucketdav.replicas import Series
+from bucketdav.settings import Settings
+from bucketdav.store import PUBLIC_TREES, Store, same_bytes
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_PER_KIND = 20
+SAMPLE_SIZE = 100
+STAGING_GRACE = 3600.0
+_HASH_BLOCK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LATEST = ".latest"
+_TEMP_LATEST = ".latest-"
+_BAD_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH
+
+# Every kind of problem, in the order the report lists them.
+KINDS = {
+    "corrupt": "blobs whose content does not hash to their name",
+    "misplaced": "entries under blob/ or explode/ not where the layout puts them",
+    "unlinked": "files in explode/ or replica/ that are not a link (or copy) of a blob",
+    "symlink": "symlinks that dangle or lead outside where they belong",
+    "latest": "latest links that do not point at the newest replica",
+    "leftover": "leftovers of an interrupted write (staging/, temporary latest links)",
+    "mode": "wrong permissions (blobs not 0444, world-writable, setuid/setgid/sticky)",
+}
+
+
+# -- pure decisions ----------------------------------------------------------------------
+
+
+def blob_name_problem(parts: Sequence[str], digest_len: int) -> str | None:
+    """Why the file at blob/<parts> is not where a blob of that name lives, or None."""
+    if len(parts) != 3:
+        return f"a file at depth {len(parts)} of blob/ (blobs are at blob/ab/cd/<digest>)"
+    return digest_name_problem(parts, digest_len)
+
+
+def digest_name_problem(parts: Sequence[str], digest_len: int) -> str | None:
+    """Why <ab>/<cd>/<name> is not a lower-case digest in its own fan-out folders, or None."""
+    first, second, name = parts
+    if len(name) != digest_len or not is_lower_hex(name):
+        return f"the name is not {digest_len} lower-case hex digits"
+    if (first, second) != (name[:2], name[2:4]):
+        return f"in the wrong fan-out folder (should be {name[:2]}/{name[2:4]}/)"
+    return None
+
+
+def is_lower_hex(text: str) -> bool:
+    """True when `text` is non-empty and only 0-9a-f."""
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+def mode_problem(mode: int, *, content: bool) -> str | None:
+    """Why a mode is wrong: content files must be 0444; nothing world-writable or set-id."""
+    perms = stat.S_IMODE(mode)
+    if content and perms != 0o444:
+        return f"mode {perms:04o}, content files are 0444"
+    if perms & _BAD_BITS:
+        return f"mode {perms:04o} is world-writable or setuid/setgid/sticky"
+    return None
+
+
+def repaired_mode(mode: int, *, content: bool) -> int:
+    """The mode a repair gives: 0444 for content, else the same without the dangerous bits."""
+    return 0o444 if content else stat.S_IMODE(mode) & ~_BAD_BITS
+
+
+def staging_is_leftover(newest_mtime: float, now: float, grace: float = STAGING_GRACE) -> bool:
+    """True when a staging entry has not changed for `grace` seconds: no upload is writing it."""
+    return now - newest_mtime > grace
+
+
+def inside(base: str, path: str) -> bool:
+    """True when the normalised `path` is `base` or below it."""
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def latest_series(name: str, target: str, siblings: Sequence[str]) -> Series | None:
+    """The replica series a `latest` link named `name` belongs to, or None if it is not one.
+
+    A name may hold `.latest` more than once; the split whose stamped names match the link's
+    target (or, for a dangling link, any sibling) wins.
+    """
+    candidates = []
+    start = name.find(_LATEST)
+    while start > 0:
+        ext = name[start + len(_LATEST) :]
+        if not ext or ext.startswith("."):
+            candidates.append(Series(name[:start], ext))
+        start = name.find(_LATEST, start + 1)
+    for series in candidates:
+        if series.parse(target) is not None:
+            return series
+    for series in candidates:
+        if any(series.parse(s) is not None for s in siblings):
+            return series
+    return None
+
+
+def newest_replica(series: Series, names: Sequence[str]) -> str | None:
+    """The newest stamped name of `series` among `names`: latest stamp, then highest index."""
+    best: tuple[str, int] | None = None
+    found = None
+    for name in names:
+        key = series.parse(name)
+        if key is not None and (best is None or key > best):
+            best, found = key, name
+    return found
+
+
+def pick_sample(items: Sequence[str], size: int, rng: random.Random) -> set[str]:
+    """Up to `size` of `items`, chosen at random."""
+    return set(items) if len(items) <= size else set(rng.sample(list(items), size))
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What a check found and did: counts, the first paths of each problem, repairs."""
+
+    root: Path
+    algorithm: str
+    full: bool
+    scanned: Counter[str] = field(default_factory=Counter)
+    problems: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    repaired: Counter[str] = field(default_factory=Counter)
+    actions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def problem(self, kind: str, path: str, detail: str) -> None:
+        """Record one problem of `kind` at `path` (relative to the store)."""
+        self.problems[kind] += 1
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < EXAMPLES_PER_KIND:
+            shown.append(f"{path}: {detail}")
+
+    def fixed(self, kind: str, action: str) -> None:
+        """Record that one problem of `kind` was repaired, and how."""
+        self.repaired[kind] += 1
+        if len(self.actions) < EXAMPLES_PER_KIND * len(KINDS):
+            self.actions.append(action)
+        log.info("repair: %s", action)
+
+    @property
+    def remaining(self) -> int:
+        """Problems found and not repaired."""
+        return sum(max(0, n - self.repaired[k]) for k, n in self.problems.items())
+
+    @property
+    def clean(self) -> bool:
+        """True when the store has no problem left."""
+        return self.remaining == 0
+
+    def write(self, out: TextIO) -> None:
+        """Print the report for a person."""
+        mode = "full" if self.full else f"sampled, up to {SAMPLE_SIZE} blobs hashed"
+        print(f"bucketdav check {self.root} ({self.algorithm}, {mode})", file=out)
+        print("scanned: " + ", ".join(f"{n} {k}" for k, n in self.scanned.items()), file=out)
+        for note in self.notes:
+            print(f"note: {note}", file=out)
+        for kind, text in KINDS.items():
+            if self.problems[kind]:
+                print(f"{kind}: {self.problems[kind]} {text}", file=out)
+                for example in self.examples.get(kind, []):
+                    print(f"  {example}", file=out)
+                if self.problems[kind] > EXAMPLES_PER_KIND:
+                    print(f"  ... and {self.problems[kind] - EXAMPLES_PER_KIND} more", file=out)
+        for action in self.actions:
+            print(f"repaired: {action}", file=out)
+        if self.clean:
+            print("clean" + (" after repairs" if self.repaired else ""), file=out)
+        else:
+            print(f"NOT CLEAN: {self.remaining} problems left", file=out)
+
+
+# -- walking -----------------------------------------------------------------------------
+
+
+class Checker:
+    """One pass over one store; `run()` returns the Report."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        full: bool = False,
+        repair: bool = False,
+        sample: int = SAMPLE_SIZE,
+        grace: float = STAGING_GRACE,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.root = str(store.root)
+        self.full = full
+        self.repair = repair
+        self.sample = sample
+        self.grace = grace
+        self.rng = rng or random.Random()  # noqa: S311 - picking a sample, not a secret
+        self.digest_len = 2 * store.digest_size
+        self.report = Report(store.root, store.algorithm, full)
+        # Files of explode/ and replica/: inode -> one path, checked against blob/ at the end.
+        self.linked: dict[tuple[int, int], str] = {}
+        self.blob_inodes: set[tuple[int, int]] = set()
+        # A blob and its links share one mode: check (and repair) it once.
+        self.modes_seen: set[tuple[int, int]] = set()
+
+    def run(self) -> Report:
+        """Walk staging/, replica/, explode/, then blob/, and settle the files seen."""
+        self._check_mode(self.root, os.lstat(self.root), content=False)
+        for name in ("staging", *PUBLIC_TREES):
+            path = os.path.join(self.root, name)
+            try:
+                self._check_mode(path, os.lstat(path), content=False)
+            except FileNotFoundError:
+                self.report.notes.append(f"{name}/ does not exist yet")
+        self._walk_staging()
+        self._walk_replicas(os.path.join(self.root, "replica"))
+        self._walk_trees()
+        blobs = self._walk_blobs()
+        self._hash_blobs(blobs)
+        self._settle_linked()
+        return self.report
+
+    def rel(self, path: str) -> str:
+        """`path` relative to the store, for the report."""
+        return os.path.relpath(path, self.root)
+
+    # -- staging --
+
+    def _walk_staging(self) -> None:
+        staging = os.path.join(self.root, "staging")
+        now = time.time()
+        fresh = 0
+        for entry in _scandir(staging):
+            self.report.scanned["staging entries"] += 1
+            newest = _newest_mtime(entry.path)
+            if newest is None:
+                continue  # an upload finished and removed it meanwhile
+            if not staging_is_leftover(newest, now, self.grace):
+                fresh += 1
+                continue
+            self.report.problem(
+                "leftover", self.rel(entry.path), "left in staging/ for over an hour"
+            )
+            if self.repair:
+                _remove(entry.path)
+                self.report.fixed("leftover", f"removed {self.rel(entry.path)}")
+        if fresh:
+            self.report.notes.append(
+                f"{fresh} entries in staging/ changed within {self.grace:g}s: "
+                "uploads in flight (or a crash the next start-up clears); left alone"
+            )
+
+    # -- replica/ --
+
+    def _walk_replicas(self, folder: str) -> None:
+        try:
+            fd = os.open(folder, _DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                self.report.problem("misplaced", self.rel(folder), f"cannot open: {exc.strerror}")
+            return
+        subfolders = []
+        try:
+            # The server claims names and swaps `latest` under this lock: what we read is whole.
+            with _flock(fd, fcntl.LOCK_SH):
+                entries = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in os.scandir(fd)]
+                links = {n: os.readlink(n, dir_fd=fd) for n, _p, st in entries if _is_link(st)}
+            names = [n for n, _p, _st in entries]
+            for name, path, st in entries:
+                path = os.path.join(folder, name)
+                if stat.S_ISDIR(st.st_mode):
+                    self._check_mode(path, st, content=False)
+                    subfolders.append(path)
+                elif stat.S_ISREG(st.st_mode):
+                    self._file(path, st)
+                elif _is_link(st):
+                    self._replica_link(fd, folder, name, links[name], names)
+                else:
+                    self.report.problem("misplaced", self.rel(path), "not a file, folder or link")
+        finally:
+            os.close(fd)
+        self.report.scanned["replica folders"] += 1
+        for sub in subfolders:
+            self._walk_replicas(sub)
+
+    def _replica_link(self, fd: int, folder: str, name: str, target: str, names: list[str]) -> None:
+        path = os.path.join(folder, name)
+        self.report.scanned["links"] += 1
+        if name.startswith(_TEMP_LATEST):
+            self.report.problem("leftover", self.rel(path), "a temporary latest link")
+            if self.repair and self._locked_unlink(fd, name, target):
+                self.report.fixed("leftover", f"removed {self.rel(path)}")
+            return
+        series = latest_series(name, target, names) if "/" not in target else None
+        if series is not None:
+            newest = newest_replica(series, names)
+            if newest != target:
+                self.report.problem(
+                    "latest", self.rel(path), f"points at {target}, the newest is {newest}"
+                )
+                if self.repair and self._repoint_latest(fd, name, series):
+                    self.report.fixed("latest", f"re-pointed {self.rel(path)}")
+                return
+        problem = self._link_problem(path, public=True)
+        if problem:
+            self.report.problem("symlink", self.rel(path), f"-> {target}: {problem}")
+            # A link holds no data; one that dangles or leaves can only mislead.
+            if self.repair and self._locked_unlink(fd, name, target):
+                self.report.fixed("symlink", f"removed link {self.rel(path)}")
+
+    def _link_problem(self, path: str, *, public: bool, tree: str = "") -> str | None:
+        real = os.path.realpath(path)
+        if public and not any(inside(os.path.join(self.root, t), real) for t in PUBLIC_TREES):
+            return "leads outside the public trees"
+        if tree and not inside(tree, real):
+            return "leads outside its archive's tree"
+        if not os.path.exists(real):
+            return "dangles"
+        return None
+
+    def _locked_unlink(self, fd: int, name: str, target: str) -> bool:
+        with _flock(fd, fcntl.LOCK_EX):
+            try:
+                if os.readlink(name, dir_fd=fd) != target:
+                    return False
+                os.unlink(name, dir_fd=fd)
+            except OSError:
+                return False
+        return True
+
+    def _repoint_latest(self, fd: int, name: str, series: Series) -> bool:
+        with _flock(fd, fcntl.LOCK_EX):
+            newest = newest_replica(series, os.listdir(fd))
+            if newest is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+                return True
+            temp = f"{_TEMP_LATEST}{uuid.uuid4().hex}"
+            os.symlink(newest, temp, dir_fd=fd)
+            os.replace(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            os.fsync(fd)
+        return True
+
+    # -- explode/ --
+
+    def _walk_trees(self) -> None:
+        top = os.path.join(self.root, "explode")
+        for first in _scandir(top):
+            if not self._fanout_dir(first):
+                continue
+            for second in _scandir(first.path):
+                if not self._fanout_dir(second):
+                    continue
+                for tree in _scandir(second.path):
+                    parts = (first.name, second.name, tree.name)
+                    problem = digest_name_problem(parts, self.digest_len)
+                    if problem is None and not tree.is_dir(follow_symlinks=False):
+                        problem = "not a folder"
+                    if problem:
+                        self.report.problem("misplaced", self.rel(tree.path), problem)
+                        continue
+                    self.report.scanned["trees"] += 1
+                    self._walk_tree(tree.path, os.path.realpath(tree.path))
+
+    def _fanout_dir(self, entry: os.DirEntry[str]) -> bool:
+        if (
+            entry.is_dir(follow_symlinks=False)
+            and len(entry.name) == 2
+            and is_lower_hex(entry.name)
+        ):
+            self._check_mode(entry.path, entry.stat(follow_symlinks=False), content=False)
+            return True
+        self.report.problem("misplaced", self.rel(entry.path), "not a fan-out folder")
+        return False
+
+    def _walk_tree(self, path: str, tree: str) -> None:
+        self._check_mode(path, os.lstat(path), content=False)
+        for entry in _scandir(path):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                self._walk_tree(entry.path, tree)
+            elif stat.S_ISREG(st.st_mode):
+                self._file(entry.path, st)
+            elif _is_link(st):
+                self.report.scanned["links"] += 1
+                problem = self._link_problem(entry.path, public=False, tree=tree)
+                if problem == "dangles":
+                    # The archive held a link to a member it did not have; that is its content.
+                    self.report.scanned["dangling archive links (kept)"] += 1
+                elif problem:
+                    self.report.problem("symlink", self.rel(entry.path), problem)
+                    if self.repair:
+                        os.unlink(entry.path)
+                        self.report.fixed("symlink", f"removed {self.rel(entry.path)}")
+            else:
+                self.report.problem("misplaced", self.rel(entry.path), "not a file, folder or link")
+
+    # -- files of explode/ and replica/ --
+
+    def _file(self, path: str, st: os.stat_result) -> None:
+        self.report.scanned["linked files"] += 1
+        self._check_mode(path, st, content=True)
+        self.linked.setdefault((st.st_dev, st.st_ino), path)
+
+    def _settle_linked(self) -> None:
+        """Files not sharing a blob's inode are copies (EMLINK) or strays; hash to tell."""
+        copies = [p for key, p in self.linked.items() if key not in self.blob_inodes]
+        self.report.scanned["copies"] = len(copies)
+        chosen = set(copies) if self.full else pick_sample(copies, self.sample, self.rng)
+        for path in copies:
+            if path not in chosen:
+                continue
+            try:
+                digest = _hash_file(path, self.store.algorithm)
+            except OSError as exc:
+                self.report.problem("unlinked", self.rel(path), f"cannot read: {exc.strerror}")
+                continue
+            blob = self.store.blob_path(digest)
+            if not blob.is_file():
+                self.report.problem(
+                    "unlinked", self.rel(path), f"no blob holds its content {digest}"
+                )
+            elif not self.store.trusts_digest and not same_bytes(Path(path), blob):
+                self.report.problem("unlinked", self.rel(path), f"differs from blob {digest}")
+        if len(chosen) < len(copies):
+            self.report.notes.append(
+                f"{len(copies) - len(chosen)} copies not hashed (use --full to hash all)"
+            )
+
+    # -- blob/ --
+
+    def _walk_blobs(self) -> list[str]:
+        found = []
+        top = os.path.join(self.root, "blob")
+        pending: list[tuple[str, tuple[str, ...]]] = [(top, ())]
+        while pending:
+            folder, parts = pending.pop()
+            for entry in _scandir(folder):
+                st = entry.stat(follow_symlinks=False)
+                here = (*parts, entry.name)
+                if stat.S_ISDIR(st.st_mode) and len(here) < 3:
+                    if len(entry.name) != 2 or not is_lower_hex(entry.name):
+                        self.report.problem(
+                            "misplaced", self.rel(entry.path), "not a fan-out folder"
+                        )
+                    self._check_mode(entry.path, st, content=False)
+                    pending.append((entry.path, here))
+                    continue
+                problem = None if stat.S_ISREG(st.st_mode) else "not a regular file"
+                problem = problem or blob_name_problem(here, self.digest_len)
+                if problem:
+                    self.report.problem("misplaced", self.rel(entry.path), problem)
+                    continue
+                self.report.scanned["blobs"] += 1
+                self._check_mode(entry.path, st, content=True)
+                self.blob_inodes.add((st.st_dev, st.st_ino))
+                found.append(entry.path)
+        return found
+
+    def _hash_blobs(self, blobs: list[str]) -> None:
+        chosen = blobs if self.full else sorted(pick_sample(blobs, self.sample, self.rng))
+        for path in chosen:
+            try:
+                digest = _hash_file(path, self.store.algorithm)
+            except OSError as exc:
+                self.report.problem("corrupt", self.rel(path), f"cannot read: {exc.strerror}")
+                continue
+            self.report.scanned["blobs hashed"] += 1
+            if digest != os.path.basename(path):
+                self.report.problem("corrupt", self.rel(path), f"holds content {digest}")
+
+    # -- modes --
+
+    def _check_mode(self, path: str, st: os.stat_result, *, content: bool) -> None:
+        if content:
+            if (st.st_dev, st.st_ino) in self.modes_seen:
+                return
+            self.modes_seen.add((st.st_dev, st.st_ino))
+        problem = mode_problem(st.st_mode, content=content)
+        if not problem:
+            return
+        self.report.problem("mode", self.rel(path), problem)
+        if self.repair:
+            new = repaired_mode(st.st_mode, content=content)
+            os.chmod(path, new, follow_symlinks=False)
+            self.report.fixed("mode", f"chmod {new:04o} {self.rel(path)}")
+
+
+def check_store(
+    root: Path,
+    algorithm: str,
+    *,
+    full: bool = False,
+    repair: bool = False,
+    sample: int = SAMPLE_SIZE,
+    grace: float = STAGING_GRACE,
+) -> Report:
+    """Check the store at `root` (never creating or clearing anything unless `repair`)."""
+    store = Store(root, algorithm)
+    if not store.root.is_dir():
+        raise FileNotFoundError(f"ARCHIVE_DIR={store.root} is not a directory")
+    return Checker(store, full=full, repair=repair, sample=sample, grace=grace).run()
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+
+
+def _is_link(st: os.stat_result) -> bool:
+    return stat.S_ISLNK(st.st_mode)
+
+
+@contextlib.contextmanager
+def _flock(fd: int, how: int) -> Iterator[None]:
+    fcntl.flock(fd, how)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _newest_mtime(path: str) -> float | None:
+    """The newest modification time of `path` and anything below it; None once it is gone."""
+    try:
+        newest = os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return None
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+    return newest
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        for dirpath, _dirs, _files in os.walk(path):
+            with contextlib.suppress(OSError):
+                os.chmod(dirpath, 0o755)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _hash_file(path: str, algorithm: str) -> str:
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def run_check(settings: Settings, *, full: bool, repair: bool, out: TextIO | None = None) -> int:
+    """The `bucketdav check` command: print the report; 0 when clean, 1 when not, 2 on error."""
+    out = out or sys.stdout
+    try:
+        report = check_store(settings.archive_dir, settings.checksum_type, full=full, repair=repair)
+    except OSError as exc:
+        print(f"bucketdav: {exc}", file=sys.stderr)
+        return 2
+    report.write(out)
+    return 0 if report.clean else 1
