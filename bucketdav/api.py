@@ -278,7 +278,17 @@ def _extra_algorithms(expected: list[tuple[str, str, str]], store: Store) -> set
 
 
 def _headers() -> dict[str, str]:
-    return {name.lower(): value for name, value in bottle.request.headers.items()}
+    """Request headers by lower-case name, values decoded as UTF-8 with bad bytes kept."""
+    environ = bottle.request.environ
+    headers = {
+        key[5:].replace("_", "-").lower(): utf8_name(value)
+        for key, value in environ.items()
+        if key.startswith("HTTP_") and isinstance(value, str)
+    }
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            headers[key.replace("_", "-").lower()] = environ[key]
+    return headers
 
 
 def _base_url() -> str:

@@ -159,11 +159,6 @@ def test_upload_ten_kilobyte_header_value_skips_that_replica(make_client, store_
     assert not (store_root / "replica" / "user").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api._headers() decodes header values as strict UTF-8 (bottle) and answers 500; "
-    "it should decode latin-1 -> UTF-8 with surrogateescape like file names",
-)
 def test_upload_header_value_that_is_not_utf8_is_not_a_5xx(make_client, store_root):
     client = make_client(**TEMPLATES)
     resp = put(client, "a.txt", b"x", {"Username": "bob", "Topic": "b\xffb"})
