@@ -47,7 +47,7 @@ KINDS = {
     "misplaced": "entries under blob/ or explode/ not where the layout puts them",
     "unlinked": "files in explode/ or replica/ that are not a link (or copy) of a blob",
     "symlink": "symlinks that dangle or lead outside where they belong",
-    "latest": "latest links that do not point at the newest replica",
+    "latest": "latest links whose replica is missing",
     "leftover": "leftovers of an interrupted write (staging/, temporary latest links)",
     "mode": "wrong permissions (blobs not 0444, world-writable, setuid/setgid/sticky)",
 }
@@ -326,9 +326,18 @@ class Checker:
         series = latest_series(name, target, names) if "/" not in target else None
         if series is not None:
             newest = newest_replica(series, names)
-            if newest != target:
+            if newest == target:
+                pass
+            elif target in names:
+                # An update killed between claiming a name and moving `latest` leaves it on the
+                # previous replica: whole and readable, and the next upload moves it on.
+                self.report.scanned["latest links behind the newest"] += 1
+                if self.repair and self._repoint_latest(fd, name, series):
+                    self.report.actions.append(f"moved {self.rel(path)} to {newest}")
+                return
+            else:
                 self.report.problem(
-                    "latest", self.rel(path), f"points at {target}, the newest is {newest}"
+                    "latest", self.rel(path), f"points at missing {target}, the newest is {newest}"
                 )
                 if self.repair and self._repoint_latest(fd, name, series):
                     self.report.fixed("latest", f"re-pointed {self.rel(path)}")
@@ -367,9 +376,10 @@ class Checker:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=fd)
                 return True
-            temp = f"{_TEMP_LATEST}{uuid.uuid4().hex}"
-            os.symlink(newest, temp, dir_fd=fd)
-            os.replace(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            # Made in staging/ so that a crash leaves nothing behind that start-up does not clear.
+            temp = os.path.join(self.root, "staging", f"check-latest-{uuid.uuid4().hex}")
+            os.symlink(newest, temp)
+            os.replace(temp, name, dst_dir_fd=fd)
             os.fsync(fd)
         return True
 

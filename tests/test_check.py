@@ -227,8 +227,12 @@ def test_check_finds_a_stale_latest_and_a_temporary_link(store):
     latest.symlink_to(older)
     (folder(store) / ".latest-0123").symlink_to(newer)
     report = check(store)
-    assert report.problems["latest"] == 1
     assert report.problems["leftover"] == 1
+    assert report.problems["latest"] == 0
+    assert report.scanned["latest links behind the newest"] == 1
+    (folder(store) / "t.latest").unlink()
+    (folder(store) / "t.latest").symlink_to("t.20260101.1200.7")
+    assert check(store).problems["latest"] == 1
 
 
 def test_check_finds_wrong_modes(store):
@@ -289,7 +293,8 @@ def test_check_repair_fixes_what_it_can_and_keeps_all_data(store, tmp_path):
     report = check(store, repair=True)
 
     assert report.clean, report.examples
-    assert report.repaired.total() == report.problems.total() == 7
+    assert report.repaired.total() == report.problems.total() == 6
+    assert f"moved replica/u/bob/a.latest.txt to {newer}" in report.actions
     assert os.readlink(latest) == newer
     links = sorted(p.name for p in folder(store).iterdir() if p.is_symlink())
     assert links == ["a.latest.txt", *stamped(store, "t"), "t.latest"]
