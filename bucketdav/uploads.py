@@ -44,23 +44,32 @@ class Outcome:
         return self.archive.path if self.archive else self.blob.path
 
 
-def process(store: Store, settings: Settings, blob: Blob, *, filename: str,
-            headers: Mapping[str, str]) -> Outcome:
+def process(
+    store: Store, settings: Settings, blob: Blob, *, filename: str, headers: Mapping[str, str]
+) -> Outcome:
     """Run the steps after storing the blob; `headers` are keyed by lower-case name."""
     outcome = Outcome(blob=blob, filename=filename)
-    unpack(store, outcome, max_bytes=settings.extract_max_bytes,
-           max_files=settings.extract_max_files)
+    unpack(
+        store, outcome, max_bytes=settings.extract_max_bytes, max_files=settings.extract_max_files
+    )
     replicate(store, settings.replicate, headers, outcome)
     log.info(
         "upload %s %s=%s size=%d new=%s decompressed=%s archive=%s replicas=%d",
-        filename, store.algorithm, blob.digest, blob.size, blob.created,
+        filename,
+        store.algorithm,
+        blob.digest,
+        blob.size,
+        blob.created,
         outcome.decompressed and outcome.decompressed.digest,
-        outcome.archive and outcome.archive.digest, len(outcome.replicas),
+        outcome.archive and outcome.archive.digest,
+        len(outcome.replicas),
     )
     return outcome
 
 
-def describe(outcome: Outcome, *, store: Store, base_url: str, archive_uri: str | None) -> dict[str, Any]:
+def describe(
+    outcome: Outcome, *, store: Store, base_url: str, archive_uri: str | None
+) -> dict[str, Any]:
     """The upload response body: the earlier service's fields plus `url`."""
 
     def path_of(path: Path | None) -> str | None:
