@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import logging
 import os
 import threading
@@ -41,9 +42,9 @@ class _File:
 
     __slots__ = ("blob", "digest", "path")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, digest: str) -> None:
         self.path = path
-        self.digest: str | Future[str] = ""
+        self.digest = digest
         self.blob = ""
 
 
@@ -57,7 +58,11 @@ class TreeBuilder:
         self.max_files = max_files
         self.layout = Layout()
         self.records: dict[MemberPath, _File] = {}
-        self.hardlinks: list[tuple[str, _File]] = []
+        self.written: list[_File] = []
+        self.links: list[tuple[str, _File]] = []
+        self.by_digest: dict[str, _File] = {}
+        self.pending: list[Future[None]] = []
+        self.saturated: set[str] = set()
         self.dirs: list[str] = [self.root]
         self.members = 0
         self.bytes = 0
@@ -79,9 +84,6 @@ class TreeBuilder:
             for path, entry in self.layout.entries.items():
                 if entry.kind is Kind.SYMLINK:
                     os.symlink(entry.target, self._dest(path))
-            for record in self.records.values():
-                if isinstance(record.digest, Future):
-                    record.digest = record.digest.result()
             self._link_blobs()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -143,22 +145,42 @@ class TreeBuilder:
         self._mkdirs(self.layout.add(path, Kind.FILE, member.name))
         record = self.records[target]
         self.records[path] = record
-        self.hardlinks.append((self._dest(path), record))
+        self.links.append((self._dest(path), record))
 
     def _write(self, member: Member, path: MemberPath) -> None:
         if self.bytes + max(member.size, 0) > self.max_bytes:
             raise self._too_big(member.name)
-        record = _File(self._dest(path))
-        self.records[path] = record
+        dest = self._dest(path)
         chunks = iter(member.chunks() if member.chunks else ())
         if member.size <= _SMALL_FILE:
             data = b"".join(self._counted(member.name, chunks))
             if len(data) <= _SMALL_FILE:
-                self.in_flight.acquire()
-                record.digest = self.pool.submit(self._write_small, record.path, data)
+                self._write_small(path, dest, data)
                 return
             chunks = iter((data,))
-        record.digest = self._write_stream(record.path, self._counted(member.name, chunks))
+        hasher = self.store.new_hasher()
+        self._write_file(dest, self._counted(member.name, chunks), hasher)
+        self._record(path, _File(dest, hasher.hexdigest()))
+
+    def _write_small(self, path: MemberPath, dest: str, data: bytes) -> None:
+        hasher = self.store.new_hasher()
+        hasher.update(data)
+        digest = hasher.hexdigest()
+        first = self.by_digest.get(digest)
+        if first is not None and (self.store.trusts_digest or not data):
+            # Known content (always so when empty): a link instead of another file to write.
+            self.records[path] = first
+            self.links.append((dest, first))
+            return
+        record = _File(dest, digest)
+        self.by_digest.setdefault(digest, record)
+        self._record(path, record)
+        self.in_flight.acquire()
+        self.pending.append(self.pool.submit(self._write_released, dest, data))
+
+    def _record(self, path: MemberPath, record: _File) -> None:
+        self.records[path] = record
+        self.written.append(record)
 
     def _counted(self, name: str, chunks: Iterable[bytes]) -> Iterable[bytes]:
         """Pass chunks through, refusing as soon as the total crosses the bound."""
@@ -171,26 +193,26 @@ class TreeBuilder:
                 self.store.check_space(0)
             yield chunk
 
-    def _write_small(self, dest: str, data: bytes) -> str:
+    def _write_released(self, dest: str, data: bytes) -> None:
         try:
-            return self._write_stream(dest, (data,))
+            self._write_file(dest, (data,), None)
         finally:
             self.in_flight.release()
 
-    def _write_stream(self, dest: str, chunks: Iterable[bytes]) -> str:
-        hasher = self.store.new_hasher()
+    @staticmethod
+    def _write_file(dest: str, chunks: Iterable[bytes], hasher: hashlib._Hash | None) -> None:
         with disk_full_as_store_full():
             fd = os.open(dest, _NEW_FILE, 0o600)
             try:
                 for chunk in chunks:
-                    hasher.update(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
                 os.fchmod(fd, 0o444)
             finally:
                 os.close(fd)
-        return hasher.hexdigest()
 
     def _too_big(self, name: str) -> UnsafeArchive:
         return refuse(
@@ -201,23 +223,19 @@ class TreeBuilder:
     def _link_blobs(self) -> None:
         """Flush the tree, then make every file its blob's inode (or a copy past EMLINK)."""
         with disk_full_as_store_full():
+            for future in self.pending:
+                future.result()
             for directory in self.dirs:
                 os.chmod(directory, 0o755)
             # One flush of the file system instead of an fsync per file: no blob may
             # be linked in before its bytes are on disk.
             syncfs(self.root)
-            unique = list({id(r): r for r in self.records.values()}.values())
-            list(self.pool.map(self._link_blob, unique, range(len(unique))))
-            for dest, record in self.hardlinks:
-                self.store.place(Path(record.blob), Path(dest))
+            list(self.pool.map(self._link_blob, self.written, range(len(self.written))))
+            list(self.pool.map(self._place, self.links))
             syncfs(self.root)
 
-    def _blob_of(self, digest: str | Future[str]) -> str:
-        assert isinstance(digest, str)
-        return str(self.store.blob_path(digest))
-
     def _link_blob(self, record: _File, index: int) -> None:
-        blob = record.blob = self._blob_of(record.digest)
+        blob = record.blob = str(self.store.blob_path(record.digest))
         with disk_full_as_store_full():
             try:
                 _link_making_parent(record.path, blob)
@@ -234,6 +252,8 @@ class TreeBuilder:
                     f"{self.store.algorithm} {record.digest} is already stored with different "
                     "content; the stored blob is kept and this archive is not extracted"
                 )
+            if blob in self.saturated:
+                return
             swap = f"{self.root}.swap{index}"
             try:
                 os.link(blob, swap)
@@ -241,8 +261,25 @@ class TreeBuilder:
                 if exc.errno != errno.EMLINK:
                     raise
                 # The blob has all the links the file system allows; ours stays, a copy.
+                self.saturated.add(blob)
                 return
             os.replace(swap, record.path)
+
+    def _place(self, link: tuple[str, _File]) -> None:
+        """Another name of a file: a link of its blob, or a copy once the blob has EMLINK."""
+        dest, record = link
+        with disk_full_as_store_full():
+            if record.blob not in self.saturated:
+                try:
+                    os.link(record.blob, dest)
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EMLINK:
+                        raise
+                    self.saturated.add(record.blob)
+            # Written in the tree, which the final flush covers before it is published.
+            with open(record.blob, "rb") as source:
+                self._write_file(dest, iter(lambda: source.read(_SMALL_FILE), b""), None)
 
 
 def _link_making_parent(source: str, dest: str) -> None:
