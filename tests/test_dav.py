@@ -369,3 +369,14 @@ def test_dav_get_if_range_mismatch_sends_whole_file(fast_dav, layout):
     url = layout.tree_url + "/sub/hello.txt"
     resp = fast_dav.get(url, headers={"Range": "bytes=0-1", "If-Range": '"stale"'})
     assert resp.status_int == 200 and resp.body == b"hello world\n"
+
+
+def test_dav_refused_write_with_big_body_closes_connection(fast_dav, layout):
+    before = snapshot(layout.store.root)
+    resp = fast_dav.request(
+        "/replica/big.bin", method="PUT", body=b"x" * (MAX_PROPFIND_BODY + 1), status=405
+    )
+    assert resp.headers["Connection"] == "close"
+    assert snapshot(layout.store.root) == before
+    small = fast_dav.request("/replica/small.bin", method="PUT", body=b"x", status=405)
+    assert "Connection" not in small.headers
