@@ -1,0 +1,373 @@
+"""Benchmark bucketdav's WebDAV side against stock WsgiDAV, nginx (dav-ext) and copyparty.
+
+Four workloads on one store, servers alternating round by round, medians and ratios:
+PROPFIND Depth 1 of 10,000 files (one client), PROPFIND Depth 1 of 100 files (16
+connections, wrk), GET of a 1 GiB file (curl), GET of a 4 KiB file (16 connections, wrk).
+
+    python bench/dav.py [--rounds 3] [--seconds 3] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROPFIND_BODY = (
+    '<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>'
+    "<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>"
+    "</D:prop></D:propfind>"
+)
+STOCK_WSGIDAV = """
+import sys
+from cheroot import wsgi
+from wsgidav.fs_dav_provider import FilesystemProvider
+from wsgidav.wsgidav_app import WsgiDAVApp
+root, port = sys.argv[1], int(sys.argv[2])
+app = WsgiDAVApp({
+    "provider_mapping": {"/": FilesystemProvider(root, readonly=True)},
+    "simple_dc": {"user_mapping": {"*": True}},
+    "fs_dav_provider": {"follow_symlinks": True},
+    "logging": {"enable": False}, "verbose": 0,
+})
+server = wsgi.Server(("127.0.0.1", port), app, numthreads=64)
+print("ready", flush=True)
+server.start()
+"""
+NGINX_CONF = """
+load_module /usr/lib/nginx/modules/ngx_http_dav_ext_module.so;
+worker_processes auto;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    include /etc/nginx/mime.types;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ dav_ext_methods PROPFIND OPTIONS; }}
+    }}
+}}
+"""
+COPYPARTY = Path("/tmp/copyparty-venv/bin/copyparty")
+
+
+@dataclass
+class Layout:
+    """Paths (URL paths) of what each workload requests."""
+
+    many: str
+    hundred: str
+    big: str
+    small: str
+
+
+@dataclass
+class Server:
+    """One server under test."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def put_blob(root: Path, data: bytes) -> Path:
+    """Write `data` as a blob the way the store lays it out (no fsync: this is a bench)."""
+    digest = hashlib.md5(data).hexdigest()  # noqa: S324 - the store's default CHECKSUM_TYPE
+    path = root / "blob" / digest[:2] / digest[2:4] / digest
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o444)
+    return path
+
+
+def build_store(root: Path) -> Layout:
+    """A store with a 10,000-file folder, a 100-file folder, a 1 GiB file and a 4 KiB file."""
+    for tree in ("staging", "blob", "explode", "replica"):
+        (root / tree).mkdir(parents=True, exist_ok=True)
+    tree = root / "explode" / "be" / "nc" / ("benc" * 8)
+    many, hundred = tree / "many", tree / "hundred"
+    for folder, count in ((many, 10_000), (hundred, 100)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            target = folder / f"file-{i:05d}.txt"
+            if not target.exists():
+                os.link(put_blob(root, f"{folder.name} {i}\n".encode() * 8), target)
+    big = tree / "big.bin"
+    if not big.exists():
+        hasher = hashlib.md5()  # noqa: S324 - the store's default CHECKSUM_TYPE
+        tmp = root / "staging" / "big"
+        with open(tmp, "wb") as out:
+            block = os.urandom(1 << 20)
+            for i in range(1024):
+                chunk = block[i:] + block[:i]
+                hasher.update(chunk)
+                out.write(chunk)
+        digest = hasher.hexdigest()
+        blob = root / "blob" / digest[:2] / digest[2:4] / digest
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, blob)
+        os.link(blob, big)
+    small = tree / "small.bin"
+    if not small.exists():
+        os.link(put_blob(root, os.urandom(4096)), small)
+    rel = "/" + tree.relative_to(root).as_posix()
+    return Layout(f"{rel}/many/", f"{rel}/hundred/", f"{rel}/big.bin", f"{rel}/small.bin")
+
+
+def servers(root: Path, work: Path) -> list[Server]:
+    """Every server that can run here, each on its own port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKETDAV_", "ARCHIVE_"))}
+    found = [
+        Server(
+            "bucketdav",
+            [sys.executable, "-m", "bucketdav", "serve", "--port", "{port}"],
+            {**env, "ARCHIVE_DIR": str(root), "BUCKETDAV_MIN_FREE": "0"},
+        ),
+        Server("wsgidav", [sys.executable, "-c", STOCK_WSGIDAV, str(root), "{port}"], env),
+    ]
+    if shutil.which("nginx") and Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so").exists():
+        found.append(Server("nginx", ["nginx", "-p", str(work), "-c", str(work / "nginx.conf")]))
+    if COPYPARTY.exists():
+        found.append(
+            Server(
+                "copyparty",
+                [
+                    str(COPYPARTY),
+                    "-q",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    "{port}",
+                    "--no-thumb",
+                    "-v",
+                    f"{root}::r",
+                ],
+                env,
+            )
+        )
+    return found
+
+
+def start(server: Server, root: Path, work: Path) -> None:
+    server.port = free_port()
+    if server.name == "nginx":
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (work / sub).mkdir(exist_ok=True)
+        (work / "nginx.conf").write_text(
+            NGINX_CONF.format(prefix=work, port=server.port, root=root)
+        )
+    argv = [a.replace("{port}", str(server.port)) for a in server.argv]
+    log = open(work / f"{server.name}.log", "wb")  # noqa: SIM115 - the child keeps it
+    server.proc = subprocess.Popen(
+        argv, env=server.env or None, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited: {(work / f'{server.name}.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{server.name} did not start")
+
+
+def stop(server: Server) -> None:
+    if server.proc and server.proc.poll() is None:
+        server.proc.terminate()
+        try:
+            server.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(15)
+
+
+def curl(args: list[str]) -> tuple[float, float, int]:
+    """(seconds, bytes per second, status) of one curl transfer."""
+    done = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total} %{speed_download} %{http_code}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    seconds, speed, status = done.stdout.split()
+    return float(seconds), float(speed), int(status)
+
+
+def wrk(url: str, script: Path, seconds: int) -> float:
+    """Requests per second over 16 connections; refuses a run with errors."""
+    done = subprocess.run(
+        ["wrk", "-t2", "-c16", f"-d{seconds}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
+    if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
+        raise RuntimeError(f"wrk saw errors on {url}:\n{done.stdout}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+    if not match:
+        raise RuntimeError(done.stdout)
+    return float(match.group(1))
+
+
+def workloads(
+    layout: Layout, work: Path, seconds: int
+) -> dict[str, tuple[str, Callable[[Server], float]]]:
+    body = work / "propfind.xml"
+    body.write_text(PROPFIND_BODY)
+    propfind_lua = work / "propfind.lua"
+    propfind_lua.write_text(
+        'wrk.method = "PROPFIND"\nwrk.headers["Depth"] = "1"\n'
+        'wrk.headers["Content-Type"] = "application/xml"\n'
+        f"wrk.body = [[{PROPFIND_BODY}]]\n"
+    )
+    get_lua = work / "get.lua"
+    get_lua.write_text('wrk.method = "GET"\n')
+
+    def propfind_many(server: Server) -> float:
+        times = []
+        for _ in range(3):
+            elapsed, _speed, status = curl(
+                [
+                    "-X",
+                    "PROPFIND",
+                    "-H",
+                    "Depth: 1",
+                    "-H",
+                    "Content-Type: application/xml",
+                    "--data-binary",
+                    f"@{body}",
+                    server.url + layout.many,
+                ]
+            )
+            if status != 207:
+                raise RuntimeError(f"{server.name}: PROPFIND answered {status}")
+            times.append(elapsed)
+        return statistics.median(times)
+
+    def get_big(server: Server) -> float:
+        speeds = []
+        for _ in range(3):
+            _elapsed, speed, status = curl([server.url + layout.big])
+            if status != 200:
+                raise RuntimeError(f"{server.name}: GET answered {status}")
+            speeds.append(speed / 1e6)
+        return statistics.median(speeds)
+
+    return {
+        "PROPFIND 10k files (s, lower is better)": ("low", propfind_many),
+        "PROPFIND 100 files x16 (req/s)": (
+            "high",
+            lambda s: wrk(s.url + layout.hundred, propfind_lua, seconds),
+        ),
+        "GET 1 GiB (MB/s)": ("high", get_big),
+        "GET 4 KiB x16 (req/s)": ("high", lambda s: wrk(s.url + layout.small, get_lua, seconds)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=3, help="duration of each wrk run")
+    parser.add_argument("--keep", type=Path, help="build (or reuse) the store in this folder")
+    args = parser.parse_args()
+    for tool in ("curl", "wrk"):
+        if not shutil.which(tool):
+            print(f"{tool} is needed (apt-get install {tool})", file=sys.stderr)
+            return 2
+    base = args.keep or Path(tempfile.mkdtemp(prefix="bench-dav-"))
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)  # nginx workers run as another user
+    root, work = base / "store", base / "work"
+    work.mkdir(exist_ok=True)
+    print(f"building the store in {root} ...", flush=True)
+    layout = build_store(root)
+    peers = servers(root, work)
+    loads = workloads(layout, work, args.seconds)
+    results: dict[str, dict[str, list[float]]] = {name: {} for name in loads}
+    first: dict[str, dict[str, float]] = {name: {} for name in loads}
+    try:
+        for server in peers:
+            start(server, root, work)
+        for name, (_better, run) in loads.items():
+            for server in peers:
+                # The first run fills caches (for bucketdav: checksums for ETags); shown apart.
+                first[name][server.name] = run(server)
+            for round_no in range(args.rounds):
+                order = peers if round_no % 2 == 0 else peers[::-1]
+                for server in order:
+                    results[name].setdefault(server.name, []).append(run(server))
+            print(f"  done: {name}", flush=True)
+    finally:
+        for server in peers:
+            stop(server)
+    print(f"\nmedians of {args.rounds} alternating rounds; ratio = bucketdav / peer")
+    for name, (better, _run) in loads.items():
+        medians = {srv: statistics.median(vals) for srv, vals in results[name].items()}
+        ours = medians["bucketdav"]
+        cells = []
+        for srv, value in medians.items():
+            ratio = "" if srv == "bucketdav" else f" (x{ours / value:.2f})"
+            cells.append(
+                f"{srv} {value:,.3f}{ratio}" if better == "low" else f"{srv} {value:,.0f}{ratio}"
+            )
+        print(f"{name}: " + ", ".join(cells))
+        print(
+            "    first run: "
+            + ", ".join(
+                f"{srv} {value:,.3f}" if better == "low" else f"{srv} {value:,.0f}"
+                for srv, value in first[name].items()
+            )
+        )
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
