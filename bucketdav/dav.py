@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,7 +15,7 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from bucketdav.dav_fs import Node, PublicTree
-from bucketdav.dav_get import serve_file
+from bucketdav.dav_get import client_socket, serve_file
 from bucketdav.dav_props import BadPropfind, Renderer, href_of, parse_propfind
 from bucketdav.dav_provider import StoreProvider
 from bucketdav.settings import Settings
@@ -24,8 +26,9 @@ log = logging.getLogger(__name__)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 READ_METHODS = frozenset({"OPTIONS", "GET", "HEAD", "PROPFIND"})
 ALLOW = "OPTIONS, GET, HEAD, PROPFIND"
-# A PROPFIND names a few properties; anything bigger is not a real client.
-MAX_PROPFIND_BODY = 64 << 10
+# A PROPFIND names a few properties; no read method needs a bigger body.
+MAX_BODY = 64 << 10
+_CLOSE = (("Connection", "close"),)
 FINITE_DEPTH = (
     b'<?xml version="1.0" encoding="utf-8"?>\n'
     b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
@@ -109,6 +112,28 @@ def read_bounded(environ: dict[str, Any], limit: int) -> bytes | None:
     return None if len(data) > limit else data
 
 
+def stop_reading(environ: dict[str, Any]) -> None:
+    """Leave the rest of a refused body unread and have the connection closed after the answer.
+
+    Cheroot would otherwise read the remainder into memory (a Content-Length body) or take
+    it for the next request (a chunked one); shutting the socket's read side ends both.
+    """
+    stream = environ.get("wsgi.input")
+    if hasattr(stream, "remaining"):
+        stream.remaining = 0
+    sock = client_socket(environ)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+
+
+def _replace_body(environ: dict[str, Any], body: bytes) -> None:
+    """Hand WsgiDAV the body already read, as if it were still to be read."""
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+
 class DavApp:
     """Guards every request (methods, paths, Depth, body size), then answers or hands over."""
 
@@ -122,13 +147,27 @@ class DavApp:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
+        # Every body is read here, bounded: one left unread would be drained whole into
+        # memory by Cheroot before the next request on the connection.
+        if _body_length(environ) is None:
+            stop_reading(environ)
+            return _plain(start_response, "400 Bad Request", "invalid Content-Length\n", _CLOSE)
+        body = read_bounded(environ, MAX_BODY)
         if method not in READ_METHODS:
-            return self._refuse(environ, start_response, method)
+            return self._refuse(environ, start_response, method, close=body is None)
+        if body is None:
+            stop_reading(environ)
+            return _plain(
+                start_response,
+                "413 Content Too Large",
+                f"a {method} request body may have at most {MAX_BODY} bytes\n",
+                _CLOSE,
+            )
         path = decode_path(environ)
         if path is None:
             return _plain(start_response, "404 Not Found", "not found\n")
         if method == "PROPFIND":
-            return self._propfind(environ, start_response, path)
+            return self._propfind(environ, start_response, path, body)
         if method in ("GET", "HEAD"):
             node = self.tree.lookup(path)
             if node is None:
@@ -137,15 +176,21 @@ class DavApp:
                 return self._listing(environ, start_response, node, head=method == "HEAD")
             if self.fast:
                 return serve_file(self.tree, node, environ, start_response, head=method == "HEAD")
+        _replace_body(environ, body)
         return self.wsgidav(environ, start_response)
 
     def _refuse(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], method: str
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        method: str,
+        *,
+        close: bool,
     ) -> list[bytes]:
-        # An unread body would be taken for the next request: drain a small one, else close.
         extra = [("Allow", ALLOW)]
-        if read_bounded(environ, MAX_PROPFIND_BODY) is None:
-            extra.append(("Connection", "close"))
+        if close:
+            stop_reading(environ)
+            extra.extend(_CLOSE)
         return _plain(
             start_response,
             "405 Method Not Allowed",
@@ -155,11 +200,14 @@ class DavApp:
         )
 
     def _propfind(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], path: str
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        path: str,
+        body: bytes,
     ) -> Iterable[bytes]:
         depth = (environ.get("HTTP_DEPTH") or "1").strip().lower()
         if depth == "infinity":
-            read_bounded(environ, MAX_PROPFIND_BODY)
             start_response(
                 "403 Forbidden",
                 [
@@ -169,27 +217,7 @@ class DavApp:
             )
             return [FINITE_DEPTH]
         if depth not in ("0", "1"):
-            return _plain(
-                start_response,
-                "400 Bad Request",
-                "Depth must be 0 or 1\n",
-                [("Connection", "close")],
-            )
-        if _body_length(environ) is None:
-            return _plain(
-                start_response,
-                "400 Bad Request",
-                "invalid Content-Length\n",
-                [("Connection", "close")],
-            )
-        body = read_bounded(environ, MAX_PROPFIND_BODY)
-        if body is None:
-            return _plain(
-                start_response,
-                "413 Content Too Large",
-                f"a PROPFIND body may have at most {MAX_PROPFIND_BODY} bytes\n",
-                [("Connection", "close")],
-            )
+            return _plain(start_response, "400 Bad Request", "Depth must be 0 or 1\n")
         try:
             request = parse_propfind(body)
         except BadPropfind as exc:
@@ -211,9 +239,7 @@ class DavApp:
                 ],
             )
             return [xml]
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
-        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        _replace_body(environ, body)
         environ["HTTP_DEPTH"] = depth
         return self.wsgidav(environ, start_response)
 

@@ -10,7 +10,7 @@ import pytest
 import webtest
 from defusedxml.ElementTree import fromstring as defused_fromstring
 
-from bucketdav.dav import MAX_PROPFIND_BODY, make_dav_app
+from bucketdav.dav import MAX_BODY, make_dav_app
 from bucketdav.dav_fs import PublicTree, confine, split_path
 from bucketdav.dav_get import Unsatisfiable, parse_range
 from bucketdav.store import Store
@@ -193,7 +193,7 @@ def test_dav_propfind_malformed_body_is_400(dav, body):
 
 
 def test_dav_propfind_oversized_body_is_413(dav):
-    body = b'<D:propfind xmlns:D="DAV:"><D:allprop/>' + b" " * MAX_PROPFIND_BODY + b"</D:propfind>"
+    body = b'<D:propfind xmlns:D="DAV:"><D:allprop/>' + b" " * MAX_BODY + b"</D:propfind>"
     assert propfind(dav, "/", body=body, status="*").status_int == 413
 
 
@@ -374,7 +374,7 @@ def test_dav_get_if_range_mismatch_sends_whole_file(fast_dav, layout):
 def test_dav_refused_write_with_big_body_closes_connection(fast_dav, layout):
     before = snapshot(layout.store.root)
     resp = fast_dav.request(
-        "/replica/big.bin", method="PUT", body=b"x" * (MAX_PROPFIND_BODY + 1), status=405
+        "/replica/big.bin", method="PUT", body=b"x" * (MAX_BODY + 1), status=405
     )
     assert resp.headers["Connection"] == "close"
     assert snapshot(layout.store.root) == before

@@ -52,3 +52,19 @@ def test_dav_live_propfind_and_refused_put(live_server, big_url):
     put = live_server.request("PUT", big_url, body=b"x" * 100_000)
     assert put.status == 405
     assert live_server.request("GET", big_url).body == BIG
+
+
+@pytest.mark.parametrize(("method", "status"), [("PUT", 405), ("GET", 413), ("PROPFIND", 413)])
+def test_dav_live_huge_body_is_refused_without_reading_it(live_server, method, status):
+    with socket.create_connection((live_server.host, live_server.port), timeout=10) as sock:
+        sock.sendall(
+            f"{method} /blob/x HTTP/1.1\r\nHost: x\r\nDepth: 0\r\n"
+            f"Content-Length: {10 << 30}\r\n\r\n".encode()
+            + b"x" * 100_000
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes: it will not wait for 10 GiB
+            answer += chunk
+    assert answer.startswith(f"HTTP/1.1 {status}".encode())
+    assert b"Connection: close" in answer
+    assert live_server.request("GET", "/healthz").status == 200
