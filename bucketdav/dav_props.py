@@ -32,7 +32,7 @@ ALLPROP = tuple(
 )
 KNOWN = frozenset((*ALLPROP, CHECKSUMS))
 # Bytes one PROPFIND may hash to answer checksums of files that are not blobs.
-HASH_BUDGET = 256 << 20
+HASH_BUDGET = 64 << 20
 # Paths made only of these need no percent-encoding (most names in a store).
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
