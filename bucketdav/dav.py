@@ -14,6 +14,8 @@ from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
+from bucketdav import listing
+from bucketdav.api import PAGE_CSP
 from bucketdav.dav_fs import Node, PublicTree
 from bucketdav.dav_get import client_socket, serve_file
 from bucketdav.dav_props import BadPropfind, Renderer, href_of, parse_propfind
@@ -29,6 +31,8 @@ ALLOW = "OPTIONS, GET, HEAD, PROPFIND"
 # A PROPFIND names a few properties; no read method needs a bigger body.
 MAX_BODY = 64 << 10
 _CLOSE = (("Connection", "close"),)
+# A browser listing shows checksums of files that are not blobs while hashing stays cheap.
+LISTING_HASH_BUDGET = 16 << 20
 FINITE_DEPTH = (
     b'<?xml version="1.0" encoding="utf-8"?>\n'
     b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
@@ -251,8 +255,7 @@ class DavApp:
             return _plain(
                 start_response, "301 Moved Permanently", f"see {href}\n", [("Location", href)]
             )
-        from bucketdav import listing  # owned by the pages; imported late so DAV works without
-
+        budget = [LISTING_HASH_BUDGET]
         entries = [
             listing.Entry(
                 name=child.name,
@@ -260,7 +263,7 @@ class DavApp:
                 is_dir=child.is_dir,
                 size=None if child.is_dir else child.size,
                 mtime=child.mtime,
-                checksum=self.tree.known_checksum(child),
+                checksum=self.tree.checksum(child, budget),
                 count=None,
             )
             for child in self.tree.children(node)
@@ -270,6 +273,10 @@ class DavApp:
         ).encode("utf-8")
         start_response(
             "200 OK",
-            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))],
+            [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Content-Length", str(len(page))),
+                ("Content-Security-Policy", PAGE_CSP),
+            ],
         )
         return [b""] if head else [page]

@@ -380,3 +380,20 @@ def test_dav_refused_write_with_big_body_closes_connection(fast_dav, layout):
     assert snapshot(layout.store.root) == before
     small = fast_dav.request("/replica/small.bin", method="PUT", body=b"x", status=405)
     assert "Connection" not in small.headers
+
+
+def test_dav_browser_listing_escapes_names_and_links_upload(fast_dav, layout):
+    (layout.tree / "<img src=x onerror=alert(1)>.txt").write_bytes(b"x")
+    page = fast_dav.get(layout.tree_url + "/")
+    assert page.content_type == "text/html"
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    text = page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;.txt" in text and "<img src" not in text
+    assert 'href="/upload"' in text
+    assert "inner-link.txt" in text and "etc" not in text.split("<tbody>")[1]
+    assert fast_dav.head(layout.tree_url + "/").body == b""
+
+
+def test_dav_browser_listing_of_folder_without_slash_redirects(fast_dav, layout):
+    resp = fast_dav.get(layout.tree_url, status=301)
+    assert resp.headers["Location"] == layout.tree_url + "/"

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import struct
 import subprocess
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,3 +273,58 @@ def test_dav_rclone_sees_the_same_through_the_generic_provider(published, generi
         assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
         assert sorted(a.stdout.splitlines()) == sorted(b.stdout.splitlines())
         assert len(a.stdout.splitlines()) >= len(SOURCES)
+
+
+def chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    browser = require_tool("chromium")
+    profile = tmp_path / "chromium-profile"
+    return run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        timeout=90,
+    )
+
+
+def png_colours(path: Path) -> int:
+    """How many distinct byte values the decompressed image data holds (1 for a blank page)."""
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG")
+    idat, pos = b"", 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return len(set(zlib.decompress(idat)))
+
+
+def test_dav_chromium_renders_a_listing(published, tmp_path):
+    pytest.importorskip("bucketdav.listing")
+    hostile = "<img src=x onerror=alert(1)>.txt"
+    folder = published.server.root / published.tree_path.lstrip("/")
+    os.link(folder / "notes.txt", folder / hostile)
+    url = published.server.url.rstrip("/") + published.tree_path + "/"
+    dumped = chromium(["--dump-dom", url], tmp_path)
+    assert dumped.returncode == 0, dumped.stderr
+    dom = dumped.stdout.decode()
+    assert "notes.txt" in dom and "data" in dom
+    assert "&lt;img src=x onerror=alert(1)&gt;.txt" in dom and "<img src" not in dom
+    assert 'href="/upload"' in dom
+    row = dom.split(">notes.txt<", 1)[1].split("</tr>", 1)[0]
+    assert re.search(r"\b23\s*B\b|23 bytes", row), row
+    sub = chromium(["--dump-dom", url + "data/"], tmp_path).stdout.decode()
+    row = sub.split(">big.bin<", 1)[1].split("</tr>", 1)[0]
+    assert re.search(r"1(\.0)?\s*MiB|1048580", row), row
+    shot = tmp_path / "listing.png"
+    taken = chromium([f"--screenshot={shot}", "--window-size=1000,700", url], tmp_path)
+    assert taken.returncode == 0 and shot.exists(), taken.stderr
+    assert png_colours(shot) > 8
