@@ -114,6 +114,7 @@ class Api:
         route("/config", ["GET"], self.config)
         route("/healthz", ["GET"], self.healthz)
         route("/static/<name:path>", ["GET"], self.static)
+        route("/connect", ["GET"], self.connect)
         for code in (400, 404, 405, 413, 500):
             app.error(code)(_bottle_error)
         return app
@@ -124,6 +125,11 @@ class Api:
         bottle.response.content_type = "text/html; charset=utf-8"
         bottle.response.set_header("Content-Security-Policy", PAGE_CSP)
         return pages.upload_page(self.settings)
+
+    def connect(self) -> str:
+        bottle.response.content_type = "text/html; charset=utf-8"
+        bottle.response.set_header("Content-Security-Policy", PAGE_CSP)
+        return pages.connect_page(_base_url())
 
     def static(self, name: str) -> Any:
         response = bottle.static_file(name, root=str(STATIC_DIR))

@@ -147,6 +147,7 @@ def render_listing(*, path: str, entries: list[Entry], upload_url: str = "/uploa
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · bucketdav</title>
 <link rel="stylesheet" href="/static/bucketdav.css">
+<link rel="icon" href="/static/folder.svg" type="image/svg+xml">
 <script src="/static/listing.js" defer></script>
 </head>
 <body>

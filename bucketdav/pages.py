@@ -1,26 +1,204 @@
-"""Pages for people: the upload page."""
+"""Pages for people: the upload page and the Connect page with mount commands.
+
+Both load their script and style from /static and have no inline script or style, so they
+are sent with `bucketdav.api.PAGE_CSP`.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from html import escape
+from urllib.parse import urlsplit
 
 from bucketdav.settings import Settings, format_size
 
+# A Host the Connect page will put into shell commands: a name or IPv4/IPv6 literal and a port.
+# Anything else (quotes, spaces, `$`) could turn a copied command into another command.
+_SAFE_BASE = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+FALLBACK_BASE = "http://bucketdav.example:8080"
 
-def upload_page(settings: Settings) -> str:
-    """The upload page: a plain form that works without JavaScript."""
-    limit = escape(format_size(settings.max_content_length))
+
+def _head(title: str, *scripts: str) -> str:
+    tags = "".join(f'<script type="module" src="/static/{name}"></script>\n' for name in scripts)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Upload · bucketdav</title></head>
-<body><main>
-<h1>Upload a file</h1>
-<form method="post" action="/upload" enctype="multipart/form-data">
-<label for="file">File (up to {limit})</label>
-<input id="file" type="file" name="file" required>
-<button type="submit">Upload</button>
-</form>
-<p><a href="/">Browse the store</a></p>
-</main></body></html>
+<title>{escape(title)} · bucketdav</title>
+<link rel="stylesheet" href="/static/bucketdav.css">
+<link rel="icon" href="/static/folder.svg" type="image/svg+xml">
+<script src="/static/js-on.js"></script>
+{tags}</head>
+<body>
 """
+
+
+def _bar(current: str) -> str:
+    links = [("/", "Browse"), ("/upload", "Upload"), ("/connect", "Connect")]
+    items = "\n".join(
+        f'<a href="{href}"' + (' aria-current="page"' if href == current else "") + f">{label}</a>"
+        for href, label in links
+    )
+    return f"""<header class="bar">
+<a class="brand" href="/">bucketdav</a>
+<nav aria-label="Pages" class="actions">
+{items}
+</nav>
+</header>
+"""
+
+
+def upload_page(settings: Settings) -> str:
+    """The upload page: a plain form without JavaScript; with it, drops, folders and progress."""
+    limit = escape(format_size(settings.max_content_length))
+    return (
+        _head("Upload", "copy.js", "upload.js")
+        + _bar("/upload")
+        + f"""<main>
+<h1>Upload</h1>
+<form id="upload-form" method="post" action="/upload" enctype="multipart/form-data">
+<div class="drop" id="drop">
+<p class="js-only">Drop files or folders anywhere on this page, or choose them.
+A folder is packed into one tar and unpacked on the server.</p>
+<p class="js-only choose">
+<button type="button" id="choose-files">Choose files</button>
+<button type="button" id="choose-folder" class="secondary">Choose a folder</button>
+<input id="folder" type="file" webkitdirectory hidden aria-label="Folder to upload">
+</p>
+<p class="nojs-only">
+<label for="files">File</label>
+<input id="files" type="file" name="file" required>
+<button type="submit">Upload</button>
+</p>
+<p class="hint">Up to <span id="limit">{limit}</span> per upload
+(<code>MAX_CONTENT_LENGTH</code>).
+<span class="nojs-only">Without JavaScript one file at a time; the answer is JSON.</span></p>
+</div>
+</form>
+<fieldset id="replication" class="js-only" hidden>
+<legend>Filed under</legend>
+<p class="hint">These request headers name the upload's place under
+<code>replica/</code>. They are remembered in this browser.</p>
+<div id="fields"></div>
+<ul id="where" class="where" aria-live="polite"></ul>
+</fieldset>
+<h2 class="js-only">Uploads</h2>
+<p id="idle" class="hint js-only">Nothing uploaded yet. Three uploads run at a time;
+content already stored is recognised by its checksum and not sent again.</p>
+<ul id="uploads" aria-label="Uploads"></ul>
+<p class="hint">From a script: <code>curl -T results.xml <span class="origin">http://HOST:PORT</span>/upload/</code>
+· <a href="/connect">mount the store</a></p>
+</main>
+</body></html>
+"""
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to connect: a heading, what to do, and the commands to copy."""
+
+    key: str
+    title: str
+    steps: str
+    commands: tuple[str, ...]
+    note: str = ""
+
+
+def safe_base_url(base_url: str) -> str:
+    """`base_url` when it is a plain scheme://host[:port], else a placeholder address."""
+    base = base_url.rstrip("/")
+    return base if _SAFE_BASE.fullmatch(base) else FALLBACK_BASE
+
+
+def recipes(base_url: str) -> list[Recipe]:
+    """The mount and copy commands for a server reached at `base_url`."""
+    base = safe_base_url(base_url)
+    url = base + "/"
+    parts = urlsplit(base)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        # Windows UNC paths spell IPv6 literals with dashes and a fixed suffix.
+        host = host.replace(":", "-") + ".ipv6-literal.net"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ssl = "@SSL" if parts.scheme == "https" else ""
+    unc_port = "" if port == (443 if ssl else 80) else f"@{port}"
+    unc = f"\\\\{host}{ssl}{unc_port}\\DavWWWRoot"
+    return [
+        Recipe(
+            "davfs2",
+            "Linux: davfs2",
+            "Mount the store read-only (as root; press Enter at the user name and password "
+            "prompts, the store needs no login).",
+            (
+                "sudo mkdir -p /mnt/bucket",
+                f"sudo mount -t davfs -o ro {url} /mnt/bucket",
+            ),
+        ),
+        Recipe(
+            "rclone",
+            "Linux, macOS, Windows: rclone",
+            "Mount without root, or copy a folder out of the store.",
+            (
+                f"rclone mount :webdav,url='{url}': /mnt/bucket --read-only",
+                f"rclone copy :webdav,url='{url}':replica ./replica",
+            ),
+            "rclone checks each file's checksum from the server without downloading it twice.",
+        ),
+        Recipe(
+            "windows",
+            "Windows Explorer",
+            "In Explorer choose <em>This PC</em> → <em>Map network drive…</em> and enter this "
+            "folder (or the address itself), or run the command in a terminal.",
+            (unc, f"net use B: {unc}", url),
+            "Windows' WebDAV client refuses to download files over about 50 MB unless its "
+            "<code>FileSizeLimitInBytes</code> setting is raised; use rclone for big files.",
+        ),
+        Recipe(
+            "macos",
+            "macOS Finder",
+            "In Finder choose <em>Go</em> → <em>Connect to Server…</em> (⌘K), enter the address "
+            "and choose <em>Connect</em>; connect as Guest.",
+            (url,),
+        ),
+        Recipe(
+            "curl",
+            "Upload from a script: curl",
+            "Send a file, or a folder as one tar that the server unpacks.",
+            (f"curl -T results.xml {url}upload/", f"tar c build | curl -T - {url}upload/build.tar"),
+        ),
+    ]
+
+
+def connect_page(base_url: str) -> str:
+    """The Connect page: exact mount commands for this server's address, each with a copy button."""
+    sections = []
+    for recipe in recipes(base_url):
+        commands = "\n".join(
+            f'<div class="cmd"><pre id="{recipe.key}-{n}"><code>{escape(cmd)}</code></pre>'
+            f'<button type="button" class="copy" data-copy="{escape(cmd, quote=True)}" '
+            f'aria-label="Copy: {escape(cmd, quote=True)}">Copy</button></div>'
+            for n, cmd in enumerate(recipe.commands)
+        )
+        note = f'<p class="hint">{recipe.note}</p>' if recipe.note else ""
+        sections.append(
+            f"""<section class="howto" id="{recipe.key}" aria-labelledby="{recipe.key}-title">
+<h2 id="{recipe.key}-title">{recipe.title}</h2>
+<p>{recipe.steps}</p>
+{commands}
+{note}
+</section>"""
+        )
+    address = escape(safe_base_url(base_url) + "/")
+    return (
+        _head("Connect", "copy.js")
+        + _bar("/connect")
+        + f"""<main>
+<h1>Connect</h1>
+<p>The whole store is a read-only WebDAV drive at <code>{address}</code>.
+Mount it to browse builds and results like local files.</p>
+{"".join(sections)}
+</main>
+</body></html>
+"""
+    )

@@ -1,0 +1,402 @@
+// The upload page: drops and picks files or folders, uploads a few at a time with progress,
+// skips content the server already has, and shows where everything landed.
+"use strict";
+
+import { copyButton } from "./copy.js";
+import { md5Blob } from "./md5.js";
+import { tarBlob } from "./tar.js";
+
+const PARALLEL = 3;
+// WebCrypto digests a whole buffer at once, so only files up to this size are hashed that way.
+const WEBCRYPTO_MAX = 256 * 1024 * 1024;
+const WEBCRYPTO_NAMES = { sha1: "SHA-1", sha256: "SHA-256", sha384: "SHA-384", sha512: "SHA-512" };
+const STORE_PREFIX = "bucketdav.header.";
+
+const list = document.getElementById("uploads");
+const idle = document.getElementById("idle");
+const queue = [];
+let running = 0;
+let config = { CHECKSUM_TYPE: null, MAX_CONTENT_LENGTH: null, replication: [] };
+const fieldInputs = new Map();
+const ready = loadConfig();
+
+for (const el of document.querySelectorAll(".origin")) el.textContent = location.origin;
+
+// -- small helpers --
+
+function human(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = "B";
+  for (const u of units) {
+    if (value < 1024) break;
+    value /= 1024;
+    unit = u;
+  }
+  return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${unit}`;
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+// Header values go out as UTF-8 bytes: XMLHttpRequest only takes Latin-1 strings.
+function headerValue(text) {
+  return unescape(encodeURIComponent(text));
+}
+
+function filingHeaders() {
+  const headers = {};
+  for (const [name, input] of fieldInputs) {
+    const value = input.value.trim();
+    if (value) headers[name] = value;
+  }
+  return headers;
+}
+
+/** Where the upload will be filed, one line per replication template. */
+function filingPlaces(headers) {
+  const lower = new Map(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+  return config.replication.map((rule) => {
+    const missing = rule.headers.filter((h) => !lower.has(h.toLowerCase()));
+    if (missing.length) return { rule, missing, path: null };
+    const path = rule.template.replace(/\$\{([^}]+)\}/g, (_, name) => lower.get(name.toLowerCase()));
+    return { rule, missing, path: `replica/${path}/` };
+  });
+}
+
+function describePlaces(places) {
+  const filed = places.filter((p) => p.path).map((p) => p.path);
+  if (!config.replication.length) return "";
+  return filed.length ? `Will be filed under ${filed.join(", ")}` : "Not filed under replica/ (no names given)";
+}
+
+// -- replication fields from GET /config --
+
+function showWhere() {
+  const where = document.getElementById("where");
+  where.replaceChildren();
+  for (const place of filingPlaces(filingHeaders())) {
+    const text = place.path
+      ? el("code", { textContent: place.path })
+      : `not filed by ${place.rule.variable} (${place.rule.template}): fill ${place.missing.join(", ")}`;
+    where.append(el("li", {}, text));
+  }
+}
+
+function buildFields() {
+  const names = [];
+  for (const rule of config.replication) {
+    for (const name of rule.headers) if (!names.some((n) => n.toLowerCase() === name.toLowerCase())) names.push(name);
+  }
+  if (!names.length) return;
+  const box = document.getElementById("fields");
+  names.forEach((name, index) => {
+    const id = `header-${index}`;
+    const input = el("input", { id, type: "text", name, autocomplete: "off", spellcheck: false });
+    input.dataset.header = name;
+    input.value = localStorage.getItem(STORE_PREFIX + name) || "";
+    input.addEventListener("input", () => {
+      localStorage.setItem(STORE_PREFIX + name, input.value);
+      showWhere();
+    });
+    fieldInputs.set(name, input);
+    box.append(el("div", { className: "field" }, el("label", { htmlFor: id, textContent: name }), input));
+  });
+  document.getElementById("replication").hidden = false;
+  showWhere();
+}
+
+async function loadConfig() {
+  try {
+    const response = await fetch("/config", { headers: { Accept: "application/json" } });
+    if (response.ok) config = { ...config, ...(await response.json()) };
+  } catch {
+    // The page still uploads; it only loses the limit check, dedup and the filing fields.
+  }
+  if (config.MAX_CONTENT_LENGTH_TEXT) document.getElementById("limit").textContent = config.MAX_CONTENT_LENGTH_TEXT;
+  buildFields();
+}
+
+// -- one row per upload --
+
+class Row {
+  constructor(label, size, kind) {
+    this.name = el("span", { className: "name", textContent: label });
+    this.state = el("span", { className: "state", textContent: `${human(size)} · waiting` });
+    this.bar = el("progress", { max: 100, value: 0 });
+    this.bar.setAttribute("aria-label", `Progress of ${label}`);
+    this.where = el("p", { className: "hint" });
+    this.li = el("li", { className: `upload ${kind}` }, el("div", { className: "head" }, this.name, this.state), this.bar, this.where);
+    this.li.setAttribute("aria-label", label);
+    this.size = size;
+    list.append(this.li);
+    if (idle) idle.hidden = true;
+  }
+
+  status(text) {
+    this.state.textContent = text;
+  }
+
+  progress(fraction) {
+    this.bar.value = Math.round(fraction * 100);
+  }
+
+  note(text) {
+    this.li.append(el("p", { className: "note", textContent: text }));
+  }
+
+  fail(message) {
+    this.li.classList.add("failed");
+    this.status("failed");
+    this.bar.removeAttribute("value");
+    this.bar.hidden = true;
+    this.li.append(el("p", { className: "error", role: "alert", textContent: message }));
+  }
+
+  done(answer) {
+    this.li.classList.add("done");
+    this.progress(1);
+    this.status(`done · ${human(answer.size ?? this.size)}`);
+    const results = el("dl", { className: "results" });
+    const add = (term, node, copyText) => {
+      results.append(el("dt", { textContent: term }), el("dd", {}, node, copyButton(copyText, `Copy ${term.toLowerCase()} of ${this.name.textContent}`)));
+    };
+    const link = (url) => el("a", { href: url, textContent: url.replace(location.origin, "") || url });
+    add(`Checksum (${answer.algorithm})`, el("code", { textContent: answer.checksum.blob }), answer.checksum.blob);
+    const url = answer.url || {};
+    if (url.blob) add("File", link(url.blob), url.blob);
+    if (url.decompressed) add("Decompressed", link(url.decompressed), url.decompressed);
+    if (url.archive) add("Tree", link(url.archive), url.archive);
+    for (const replica of url.replicas || []) add("Replica", link(replica), replica);
+    this.li.append(results);
+    for (const skipped of answer.skipped || []) this.note(`Not filed: ${skipped}`);
+  }
+}
+
+// -- sending --
+
+function send(method, path, body, headers, row) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open(method, path);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, headerValue(value));
+    xhr.setRequestHeader("Accept", "application/json");
+    const samples = [];
+    if (row) {
+      xhr.upload.addEventListener("progress", (event) => {
+        const now = performance.now();
+        samples.push([now, event.loaded]);
+        // bytes/s over the last two seconds, so the figure follows the link's real speed.
+        while (samples.length > 2 && now - samples[0][0] > 2000) samples.shift();
+        const [t0, b0] = samples[0];
+        const rate = now > t0 ? ((event.loaded - b0) * 1000) / (now - t0) : 0;
+        const total = event.lengthComputable ? event.total : row.size;
+        row.progress(total ? event.loaded / total : 0);
+        row.status(`${human(event.loaded)} of ${human(total)} · ${human(Math.round(rate))}/s`);
+      });
+    }
+    xhr.addEventListener("load", () => {
+      let answer = null;
+      try {
+        answer = JSON.parse(xhr.responseText);
+      } catch {
+        answer = null;
+      }
+      resolve({ status: xhr.status, answer, text: xhr.responseText });
+    });
+    const broken = () => resolve({ status: 0, answer: null, text: "" });
+    xhr.addEventListener("error", broken);
+    xhr.addEventListener("abort", broken);
+    xhr.send(body);
+  });
+}
+
+function explain(result, job) {
+  if (result.answer && result.answer.error) {
+    const prefix = { 413: "Too large: ", 422: "Refused: ", 507: "The server's disk is full: " }[result.status] || "";
+    return prefix + result.answer.error;
+  }
+  if (result.status === 0) {
+    return `The connection broke before the server answered (${human(job.body.size)} sent?). Is the server reachable, or did a proxy refuse the size?`;
+  }
+  return `The server answered ${result.status}: ${result.text.slice(0, 200) || "no explanation"}`;
+}
+
+async function digestOf(job) {
+  const algorithm = (config.CHECKSUM_TYPE || "").toLowerCase();
+  if (algorithm === "md5") {
+    return md5Blob(job.body, (f) => {
+      job.row.status(`computing md5 · ${Math.round(f * 100)}%`);
+    });
+  }
+  const name = WEBCRYPTO_NAMES[algorithm];
+  // crypto.subtle exists only on https or localhost pages.
+  if (name && window.crypto && crypto.subtle && job.body.size <= WEBCRYPTO_MAX) {
+    job.row.status(`computing ${algorithm}`);
+    const digest = await crypto.subtle.digest(name, await job.body.arrayBuffer());
+    return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  return null;
+}
+
+async function run(job) {
+  const { row } = job;
+  await ready;
+  const limit = config.MAX_CONTENT_LENGTH;
+  if (limit && job.body.size > limit) {
+    row.fail(
+      `Too large: ${human(job.body.size)} is more than this server accepts per upload ` +
+        `(MAX_CONTENT_LENGTH ${config.MAX_CONTENT_LENGTH_TEXT || human(limit)}). Nothing was sent.`,
+    );
+    return;
+  }
+  const path = `/upload/${encodeURIComponent(job.name)}`;
+  const headers = { ...job.headers };
+  let digest = null;
+  if (job.dedup) {
+    try {
+      digest = await digestOf(job);
+    } catch {
+      digest = null;
+    }
+  }
+  if (digest) {
+    headers["X-Checksum"] = digest;
+    const known = await fetch(`/checksum/${digest}`, { method: "HEAD" }).then((r) => r.status, () => 0);
+    if (known === 200) {
+      row.status("already stored · deploying by checksum");
+      const deploy = { ...headers, "X-Checksum-Deploy": "true" };
+      const result = await send("PUT", path, "", deploy, null);
+      if (result.status === 200 && result.answer) {
+        row.done(result.answer);
+        row.note("Already on the server: deployed by checksum, no bytes sent.");
+        return;
+      }
+      // 404: it went away in between; send the bytes as usual.
+    }
+  }
+  row.status(`${human(job.body.size)} · sending`);
+  const result = await send("PUT", path, job.body, headers, row);
+  if (result.status === 200 && result.answer) row.done(result.answer);
+  else row.fail(explain(result, job));
+}
+
+function pump() {
+  while (running < PARALLEL && queue.length) {
+    const job = queue.shift();
+    running++;
+    run(job)
+      .catch((error) => job.row.fail(`Unexpected problem in the page: ${error}`))
+      .finally(() => {
+        running--;
+        pump();
+      });
+  }
+}
+
+function enqueue(name, body, { kind, dedup, label }) {
+  const headers = filingHeaders();
+  const row = new Row(label || name, body.size, kind);
+  const where = describePlaces(filingPlaces(headers));
+  if (where) row.where.textContent = where;
+  queue.push({ name, body, row, headers, dedup });
+  pump();
+}
+
+function addFiles(files) {
+  for (const file of files) enqueue(file.name, file, { kind: "file", dedup: true });
+}
+
+/** Folders as one tar each: `entries` are {path, file} or {path, dir: true}, paths start with the folder name. */
+function addFolders(entries) {
+  const groups = new Map();
+  for (const entry of entries) {
+    const top = entry.path.split("/")[0];
+    if (!groups.has(top)) groups.set(top, []);
+    groups.get(top).push(entry);
+  }
+  for (const [top, members] of groups) {
+    const files = members.filter((m) => !m.dir).length;
+    enqueue(`${top}.tar`, tarBlob(members), { kind: "folder", dedup: false, label: `${top}/ (${files} files, as ${top}.tar)` });
+  }
+}
+
+// -- choosing and dropping --
+
+const filesInput = document.getElementById("files");
+const folderInput = document.getElementById("folder");
+filesInput.multiple = true;
+document.getElementById("choose-files").addEventListener("click", () => filesInput.click());
+document.getElementById("choose-folder").addEventListener("click", () => folderInput.click());
+filesInput.addEventListener("change", () => {
+  addFiles(Array.from(filesInput.files));
+  filesInput.value = "";
+});
+folderInput.addEventListener("change", () => {
+  addFolders(Array.from(folderInput.files, (file) => ({ path: file.webkitRelativePath || file.name, file })));
+  folderInput.value = "";
+});
+document.getElementById("upload-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  addFiles(Array.from(filesInput.files));
+  filesInput.value = "";
+});
+
+function readAll(reader) {
+  return new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+}
+
+async function walk(entry, prefix, out) {
+  if (entry.isFile) {
+    const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+    out.push({ path: prefix + entry.name, file });
+    return;
+  }
+  const path = `${prefix}${entry.name}/`;
+  out.push({ path, dir: true });
+  const reader = entry.createReader();
+  // readEntries hands out a folder in batches until it returns an empty one.
+  for (;;) {
+    const batch = await readAll(reader);
+    if (!batch.length) break;
+    for (const child of batch) await walk(child, path, out);
+  }
+}
+
+let dragDepth = 0;
+document.addEventListener("dragenter", (event) => {
+  event.preventDefault();
+  dragDepth++;
+  document.body.classList.add("dragging");
+});
+document.addEventListener("dragleave", () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (!dragDepth) document.body.classList.remove("dragging");
+});
+document.addEventListener("dragover", (event) => event.preventDefault());
+document.addEventListener("drop", async (event) => {
+  event.preventDefault();
+  dragDepth = 0;
+  document.body.classList.remove("dragging");
+  const items = Array.from(event.dataTransfer.items || []).filter((item) => item.kind === "file");
+  // Entries must be taken before the handler yields: the drop data is gone afterwards.
+  const entries = items.map((item) => (item.webkitGetAsEntry ? item.webkitGetAsEntry() : null));
+  const plain = items.map((item) => item.getAsFile());
+  const folders = [];
+  for (let i = 0; i < items.length; i++) {
+    const entry = entries[i];
+    if (entry && entry.isDirectory) folders.push(entry);
+    else if (plain[i]) addFiles([plain[i]]);
+  }
+  for (const folder of folders) {
+    const out = [];
+    await walk(folder, "", out);
+    addFolders(out);
+  }
+});
+
