@@ -86,6 +86,7 @@ A folder is packed into one tar and unpacked on the server.</p>
 <p id="idle" class="hint js-only">Nothing uploaded yet. Three uploads run at a time;
 content already stored is recognised by its checksum and not sent again.</p>
 <ul id="uploads" aria-label="Uploads"></ul>
+<p id="announce" class="visually-hidden" aria-live="polite"></p>
 <p class="hint">From a script: <code>curl -T results.xml <span class="origin">http://HOST:PORT</span>/upload/</code>
 · <a href="/connect">mount the store</a></p>
 </main>

@@ -381,3 +381,48 @@ def test_browser_tar_is_valid_with_long_and_unicode_names(live_server, open_tab)
         assert members[name].mtime == 1_700_000_000
     assert members["dir/empty"].isdir()
     assert len(data) % 512 == 0
+
+
+def test_upload_page_dropped_folder_keeps_its_empty_folders(live_server, open_tab, tmp_path):
+    folder = tmp_path / "dropped"
+    (folder / "empty").mkdir(parents=True)
+    (folder / "logs").mkdir()
+    (folder / "logs" / "run.log").write_bytes(b"ran\n")
+    (tmp_path / "loose.txt").write_bytes(b"loose\n")
+    tab = open_tab(live_server)
+    tab.goto("/upload")
+    # A real drop from the file manager, as Chromium's input layer delivers it.
+    cdp = tab.context.new_cdp_session(tab.page)
+    data = {
+        "items": [],
+        "files": [str(folder), str(tmp_path / "loose.txt")],
+        "dragOperationsMask": 1,
+    }
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": 100, "y": 100, "data": data})
+    tab.wait_rows(2)
+    folder_row = tab.page.locator("#uploads li.folder")
+    assert "Unpacked 1 file into the tree." in folder_row.inner_text()
+    (tree,) = tab.links(folder_row, "Tree")
+    base = urlsplit(tree).path
+    assert live_server.request("GET", base + "dropped/logs/run.log").body == b"ran\n"
+    empty = live_server.request("PROPFIND", base + "dropped/empty/", headers={"Depth": "0"})
+    assert empty.status == 207
+    (loose,) = tab.links(tab.page.locator("#uploads li.file"), "File")
+    assert _get(live_server, loose) == b"loose\n"
+
+
+def test_upload_page_names_the_refused_archive_member(live_server, open_tab):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 4
+        archive.addfile(info, io.BytesIO(b"evil"))
+    tab = open_tab(live_server)
+    tab.goto("/upload")
+    tab.page.set_input_files("#files", _payload("evil.tar", buffer.getvalue()))
+    tab.wait_rows(1, "failed")
+    error = tab.rows("failed").first.locator(".error").inner_text()
+    assert error.startswith("Refused: ")
+    assert "../escape.txt" in error
+    assert tab.page.locator("#announce").inner_text().startswith("evil.tar failed: Refused")

@@ -13,6 +13,7 @@ const WEBCRYPTO_NAMES = { sha1: "SHA-1", sha256: "SHA-256", sha384: "SHA-384", s
 const STORE_PREFIX = "bucketdav.header.";
 
 const list = document.getElementById("uploads");
+const announcer = document.getElementById("announce");
 const idle = document.getElementById("idle");
 const queue = [];
 let running = 0;
@@ -151,6 +152,7 @@ class Row {
   }
 
   fail(message) {
+    announcer.textContent = `${this.name.textContent} failed: ${message}`;
     this.li.classList.add("failed");
     this.status("failed");
     this.bar.removeAttribute("value");
@@ -159,6 +161,7 @@ class Row {
   }
 
   done(answer) {
+    announcer.textContent = `${this.name.textContent} uploaded`;
     this.li.classList.add("done");
     this.progress(1);
     this.status(`done · ${human(answer.size ?? this.size)}`);
@@ -174,6 +177,7 @@ class Row {
     if (url.archive) add("Tree", link(url.archive), url.archive);
     for (const replica of url.replicas || []) add("Replica", link(replica), replica);
     this.li.append(results);
+    if (answer.files != null) this.note(`Unpacked ${answer.files} file${answer.files === 1 ? "" : "s"} into the tree.`);
     for (const skipped of answer.skipped || []) this.note(`Not filed: ${skipped}`);
   }
 }
