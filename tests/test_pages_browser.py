@@ -31,10 +31,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=os.path.realpath(path) if path.endswith("chromium") else path,
-            args=CHROMIUM_ARGS,
-        )
+        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
