@@ -40,6 +40,9 @@ STRONG_ALGORITHMS = frozenset(
     }
 )
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Inodes an upload may need (staging file, fan-out folders, replica names); with fewer free,
+# uploads are refused and /healthz fails, as below the byte watermark.
+MIN_FREE_INODES = 32
 _COMPARE_CHUNK = 1 << 20
 _SPACE_CHECK_EVERY = 16 << 20
 # Chunks at least this large are hashed in a thread of their own, overlapping the next read.
@@ -224,6 +227,11 @@ class Store:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize, self.min_free.bytes_for(stat.f_blocks * stat.f_frsize)
 
+    def free_inodes(self) -> int | None:
+        """Free inodes for this user; None when the file system does not count them."""
+        stat = os.statvfs(self.root)
+        return stat.f_favail if stat.f_files else None
+
     def check_space(self, incoming: int) -> None:
         """Raise StoreFull when `incoming` more bytes would take the disk below the watermark."""
         free, watermark = self.free_bytes()
@@ -231,6 +239,12 @@ class Store:
             raise StoreFull(
                 f"the store keeps {watermark} bytes free and has {free}; "
                 f"{incoming} more do not fit. Try again once space is freed"
+            )
+        inodes = self.free_inodes()
+        if inodes is not None and inodes < MIN_FREE_INODES:
+            raise StoreFull(
+                f"the store's file system has {inodes} free inodes (files) left and keeps "
+                f"{MIN_FREE_INODES}. Try again once files are deleted"
             )
 
     def writable(self) -> bool:
@@ -253,6 +267,9 @@ class Store:
         free, watermark = self.free_bytes()
         if free < watermark:
             return False, f"free space {free} is below the watermark {watermark}"
+        inodes = self.free_inodes()
+        if inodes is not None and inodes < MIN_FREE_INODES:
+            return False, f"free inodes {inodes} are below the reserve {MIN_FREE_INODES}"
         return True, "ok"
 
     # -- names -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import files_under, md5
 
 from bucketdav.check import (
     EXAMPLES_PER_KIND,
@@ -26,7 +27,6 @@ from bucketdav.check import (
     staging_is_leftover,
 )
 from bucketdav.replicas import Series
-from tests.helpers import files_under, md5
 
 DIGEST = "5d41402abc4b2a76b9719d911017c592"
 

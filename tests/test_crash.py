@@ -24,11 +24,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from conftest import LiveServer
+from helpers import files_under, md5
 
 from bucketdav.check import check_store
 from bucketdav.store import Store
-from tests.conftest import LiveServer
-from tests.helpers import files_under, md5
 
 pytestmark = pytest.mark.slow
 
