@@ -43,26 +43,31 @@ export class Md5 {
     }
     const h = this.state;
     let a = h[0], b = h[1], c = h[2], d = h[3];
-    for (let j = 0; j < 64; j++) {
-      let f, g;
-      if (j < 16) {
-        f = (b & c) | (~b & d);
-        g = j;
-      } else if (j < 32) {
-        f = (d & b) | (~d & c);
-        g = (5 * j + 1) & 15;
-      } else if (j < 48) {
-        f = b ^ c ^ d;
-        g = (3 * j + 5) & 15;
-      } else {
-        f = c ^ (b | ~d);
-        g = (7 * j) & 15;
-      }
-      const s = SHIFTS[((j >> 4) << 2) | (j & 3)];
-      const t = (a + f + CONSTANTS[j] + w[g]) | 0;
-      a = d;
-      d = c;
-      c = b;
+    let t, s;
+    // Four rounds of sixteen steps, each with its own mixing function and word order;
+    // separate loops keep the hot path free of branches.
+    for (let j = 0; j < 16; j++) {
+      s = SHIFTS[j & 3];
+      t = (a + ((b & c) | (~b & d)) + CONSTANTS[j] + w[j]) | 0;
+      a = d; d = c; c = b;
+      b = (b + ((t << s) | (t >>> (32 - s)))) | 0;
+    }
+    for (let j = 16; j < 32; j++) {
+      s = SHIFTS[4 + (j & 3)];
+      t = (a + ((d & b) | (~d & c)) + CONSTANTS[j] + w[(5 * j + 1) & 15]) | 0;
+      a = d; d = c; c = b;
+      b = (b + ((t << s) | (t >>> (32 - s)))) | 0;
+    }
+    for (let j = 32; j < 48; j++) {
+      s = SHIFTS[8 + (j & 3)];
+      t = (a + (b ^ c ^ d) + CONSTANTS[j] + w[(3 * j + 5) & 15]) | 0;
+      a = d; d = c; c = b;
+      b = (b + ((t << s) | (t >>> (32 - s)))) | 0;
+    }
+    for (let j = 48; j < 64; j++) {
+      s = SHIFTS[12 + (j & 3)];
+      t = (a + (c ^ (b | ~d)) + CONSTANTS[j] + w[(7 * j) & 15]) | 0;
+      a = d; d = c; c = b;
       b = (b + ((t << s) | (t >>> (32 - s)))) | 0;
     }
     h[0] = (h[0] + a) | 0;
