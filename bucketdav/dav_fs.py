@@ -61,11 +61,9 @@ def split_path(path: str) -> list[str] | None:
     return parts
 
 
-def confine(root: str, parts: list[str]) -> str | None:
-    """The real path of `parts` below `root`, or None unless it stays inside a public tree."""
-    if not parts or parts[0] not in PUBLIC_TREES:
-        return None
-    real = os.path.realpath(os.path.join(root, *parts))
+def confine(root: str, path: str) -> str | None:
+    """`path` with every symlink resolved, or None when that is outside the public trees."""
+    real = os.path.realpath(path)
     return real if inside_public(root, real) else None
 
 
@@ -161,8 +159,8 @@ class PublicTree:
             try:
                 st = os.lstat(candidate)
                 if S_ISLNK(st.st_mode):
-                    candidate = os.path.realpath(candidate)
-                    if candidate in seen or not inside_public(self.root, candidate):
+                    candidate = confine(self.root, candidate)
+                    if candidate is None or candidate in seen:
                         return None
                     st = os.stat(candidate)
             except (OSError, ValueError):
@@ -244,8 +242,8 @@ class PublicTree:
     def _follow(self, parent: Node, link: str, path: str) -> Node | None:
         """The node a member symlink stands for, or None when it leaves, dangles or loops."""
         try:
-            real = os.path.realpath(link)
-            if not inside_public(self.root, real):
+            real = confine(self.root, link)
+            if real is None:
                 return None
             st = os.stat(real)
         except (OSError, ValueError):

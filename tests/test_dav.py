@@ -320,17 +320,28 @@ def test_dav_get_missing_is_404(dav):
     assert dav.get("/blob/no/such/file", status="*").status_int == 404
 
 
-def test_confine_refuses_climbing_and_unknown_trees(tmp_path):
+def test_confine_refuses_what_resolves_outside_public_trees(tmp_path):
     root = str(tmp_path)
     for tree in ("blob", "explode", "replica", "staging"):
         (tmp_path / tree).mkdir()
     os.symlink("../staging", tmp_path / "blob" / "leak")
-    assert confine(root, ["blob"]) == str(tmp_path / "blob")
-    assert confine(root, ["staging"]) is None
-    assert confine(root, ["blob", "leak"]) is None
-    assert confine(root, ["/etc"]) is None
+    os.symlink("../explode", tmp_path / "blob" / "inside")
+    os.symlink("/etc", tmp_path / "replica" / "abs")
+    assert confine(root, f"{root}/blob") == f"{root}/blob"
+    assert confine(root, f"{root}/blob/inside") == f"{root}/explode"
+    assert confine(root, f"{root}/staging") is None
+    assert confine(root, f"{root}/blob/leak") is None
+    assert confine(root, f"{root}/replica/abs") is None
+    assert confine(root, f"{root}/blob/../staging") is None
+    assert confine(root, root) is None
+    assert confine(root, "/etc/passwd") is None
+
+
+def test_split_path_refuses_climbing_segments():
     assert split_path("/blob/../staging") is None
+    assert split_path("/blob/./x") is None
     assert split_path("/blob/a\\..\\b") is None
+    assert split_path("/blob/a\x00b") is None
     assert split_path("//blob//x/") == ["blob", "x"]
 
 
