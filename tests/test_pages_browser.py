@@ -423,3 +423,25 @@ def test_upload_page_names_the_refused_archive_member(live_server, open_tab):
     assert error.startswith("Refused: ")
     assert "../escape.txt" in error
     assert tab.page.locator("#announce").inner_text().startswith("evil.tar failed: Refused")
+
+
+def test_upload_page_works_from_the_keyboard(live_server, open_tab):
+    tab = open_tab(live_server)
+    tab.goto("/upload")
+    focused = ""
+    for _ in range(10):
+        tab.page.keyboard.press("Tab")
+        focused = tab.page.evaluate("document.activeElement.id")
+        if focused == "choose-files":
+            break
+    assert focused == "choose-files"
+    with tab.page.expect_file_chooser() as chooser:
+        tab.page.keyboard.press("Enter")
+    chooser.value.set_files(_payload("typed.txt", b"from the keyboard\n"))
+    tab.wait_rows(1)
+    tab.page.keyboard.press("Tab")
+    tab.page.keyboard.press("Tab")
+    assert tab.page.evaluate("document.activeElement.textContent") == "Copy"
+    assert tab.page.evaluate("document.activeElement.getAttribute('aria-label')").startswith(
+        "Copy checksum"
+    )
