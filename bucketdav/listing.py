@@ -110,8 +110,13 @@ def _row(entry: Entry) -> str:
     )
 
 
-def render_listing(*, path: str, entries: list[Entry], upload_url: str = "/upload") -> str:
-    """A full HTML page listing `entries` of the folder at `path` (a decoded URL path)."""
+def render_listing(
+    *, path: str, entries: list[Entry], upload_url: str = "/upload", algorithm: str | None = None
+) -> str:
+    """A full HTML page listing `entries` of the folder at `path` (a decoded URL path).
+
+    `algorithm` (CHECKSUM_TYPE) names the checksums in the column heading when given.
+    """
     crumbs = breadcrumb(path)
     trail = "".join(
         f'<li><a href="{_href(href)}"'
@@ -129,13 +134,14 @@ def render_listing(*, path: str, entries: list[Entry], upload_url: str = "/uploa
     files = sum(1 for e in entries if not e.is_dir)
     folders = len(entries) - files
     summary = f"{_plural(folders, 'folder')}, {_plural(files, 'file')}"
+    checksum_heading = f"Checksum ({_text(algorithm)})" if algorithm else "Checksum"
     body = (
         f"""<table id="listing">
 <caption class="visually-hidden">Contents of {title}</caption>
 <thead><tr><th scope="col" data-key="name" aria-sort="ascending">Name</th>
 <th scope="col" data-key="size">Size</th>
 <th scope="col" data-key="mtime">Modified (UTC)</th>
-<th scope="col" class="checksum">Checksum</th></tr></thead>
+<th scope="col" class="checksum">{checksum_heading}</th></tr></thead>
 <tbody>
 {rows}
 </tbody></table>"""

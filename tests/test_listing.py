@@ -137,3 +137,8 @@ def test_breadcrumb_encodes_each_segment() -> None:
         ("a b", "/a%20b/"),
         ("c%d", "/a%20b/c%25d/"),
     ]
+
+
+def test_listing_names_the_checksum_algorithm_when_given() -> None:
+    assert ">Checksum (md5)</th>" in render_listing(path="/", entries=[_file("a")], algorithm="md5")
+    assert ">Checksum</th>" in render_listing(path="/", entries=[_file("a")])

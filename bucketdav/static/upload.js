@@ -157,6 +157,7 @@ class Row {
     this.status("failed");
     this.bar.removeAttribute("value");
     this.bar.hidden = true;
+    this.where.hidden = true;
     this.li.append(el("p", { className: "error", role: "alert", textContent: message }));
   }
 
