@@ -141,7 +141,7 @@ def make_replica(
         with _open_folder(store.replicas, segments) as fd, _locked(fd):
             stamp = stamp_of(clock())
             name = _claim(store, fd, folder, target=target, tree=tree, series=series, stamp=stamp)
-            note = _point_latest(fd, series, name)
+            note = _point_latest(fd, series, name, staging=store.staging)
             os.fsync(fd)
     except (OSError, StoreFull) as exc:
         if isinstance(exc, StoreFull) or exc.errno in _FULL_ERRNOS:
@@ -241,8 +241,12 @@ def _next_index(fd: int, series: Series, stamp: str) -> int:
     return current[1] + 1 if current and current[0] == stamp else 0
 
 
-def _point_latest(fd: int, series: Series, name: str) -> str | None:
-    """Point `series.latest` at `name` with one rename; a note when the name is not ours."""
+def _point_latest(fd: int, series: Series, name: str, *, staging: Path) -> str | None:
+    """Point `series.latest` at `name` with one rename; a note when the name is not ours.
+
+    The new link is made in staging/ and renamed over the old one, so a crash between the
+    two steps leaves nothing in the replica folder (staging/ is emptied at start-up).
+    """
     try:
         current: str | None = os.readlink(series.latest, dir_fd=fd)
     except FileNotFoundError:
@@ -253,12 +257,12 @@ def _point_latest(fd: int, series: Series, name: str) -> str | None:
         return f"{series.latest} is not a latest link; left alone"
     if current is not None and series.parse(current) is None:
         return f"{series.latest} points elsewhere ({current}); left alone"
-    temp = f".latest-{uuid.uuid4().hex}"
-    os.symlink(name, temp, dir_fd=fd)
+    temp = staging / f"latest-{uuid.uuid4().hex}"
+    os.symlink(name, temp)
     try:
-        os.replace(temp, series.latest, src_dir_fd=fd, dst_dir_fd=fd)
+        os.replace(temp, series.latest, dst_dir_fd=fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=fd)
+            os.unlink(temp)
         raise
     return None

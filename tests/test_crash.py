@@ -37,21 +37,9 @@ EXTRACT_KILLS = 8
 PHASE_BUDGET = 20.0
 
 
-# replicas.py makes the temporary link for a `latest` swap inside the replica folder, so a
-# crash between making it and the rename leaves `.latest-<hex>` there (visible over WebDAV).
-# Reported to the lead; once fixed, the strict xfail of
-# test_crash_points_leave_no_temporary_latest_link fails: then drop it and this tolerance.
-KNOWN_LEFTOVER = "/.latest-"
-
-
 def unexpected(report) -> dict[str, list[str]]:
-    """The report's problems, less the known temporary-latest leftover."""
-    found = {}
-    for kind, examples in report.examples.items():
-        rest = [e for e in examples if not (kind == "leftover" and KNOWN_LEFTOVER in e)]
-        if rest:
-            found[kind] = rest
-    return found
+    """The report's problems by kind, with their examples."""
+    return {kind: examples for kind, examples in report.examples.items() if examples}
 
 
 @dataclass
@@ -454,10 +442,6 @@ def test_crash_at_every_disk_step_of_an_upload_leaves_a_clean_store(
     assert problems == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replicas.py makes the temporary latest link in the replica folder (reported)",
-)
 def test_crash_points_leave_no_temporary_latest_link(make_client, store_root):
     leftovers = [
         step
