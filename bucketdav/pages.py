@@ -144,7 +144,9 @@ def recipes(base_url: str) -> list[Recipe]:
                 f"rclone mount :webdav,url='{url}': /mnt/bucket --read-only",
                 f"rclone copy :webdav,url='{url}':replica ./replica",
             ),
-            "rclone checks each file's checksum from the server without downloading it twice.",
+            "With <code>--webdav-vendor owncloud</code> rclone reads each file's checksum from "
+            "the server, so <code>rclone check</code> and <code>rclone md5sum</code> download "
+            "nothing.",
         ),
         Recipe(
             "windows",
