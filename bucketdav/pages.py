@@ -161,7 +161,7 @@ def recipes(base_url: str) -> list[Recipe]:
             "macos",
             "macOS Finder",
             "In Finder choose <em>Go</em> → <em>Connect to Server…</em> (⌘K), enter the address "
-            "and choose <em>Connect</em>; connect as Guest.",
+            "and choose <em>Connect</em>. Finder mounts it read-only.",
             (url,),
         ),
         Recipe(
