@@ -320,12 +320,27 @@ def test_connect_page_copies_the_mount_command(live_server, open_tab):
 
 
 def test_pages_fit_a_phone_width_window(live_server, open_tab):
-    live_server.upload("wide-" + "n" * 120 + ".txt", b"x")
+    long_name = "nightly-" + "n" * 120 + ".txt"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(long_name)
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"x"))
+    tree = urlsplit(live_server.upload("wide.tar", buffer.getvalue()).json()["url"]["archive"])
     tab = open_tab(live_server, viewport={"width": 360, "height": 740})
-    for path in ("/upload", "/connect", "/blob/"):
-        tab.goto(path)
-        width = tab.page.evaluate("document.documentElement.scrollWidth")
-        assert width <= 360, path
+    tab.goto("/upload")
+    tab.page.set_input_files("#files", _payload(long_name, b"y"))
+    tab.wait_rows(1)
+    pages = {"/upload": None, "/connect": None, tree.path: None}
+    for path in pages:
+        if path != "/upload":
+            tab.goto(path)
+        # Wider content than the window means sideways scrolling on a phone.
+        pages[path] = tab.page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+    assert pages == dict.fromkeys(pages, 0)
+    assert long_name in tab.page.locator("#listing").inner_text()
 
 
 def test_browser_md5_matches_hashlib(live_server, open_tab):
