@@ -26,6 +26,7 @@ from bucketdav.errors import (
     NotMultipart,
     StoreFull,
     TooLarge,
+    TooSlow,
     UnknownContent,
     UnsafeArchive,
 )
@@ -53,6 +54,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 STATUS_OF: dict[type[BucketError], int] = {
     BadRequest: 400,
     ClientGone: 400,
+    TooSlow: 408,
     UnknownContent: 404,
     ChecksumCollision: 409,
     LengthRequired: 411,
@@ -188,7 +190,12 @@ class Api:
             self._slot(),
             self.store.staged(extra=_extra_algorithms(expected, self.store)) as staged,
         ):
-            chunks = body_chunks(environ, length=length, limit=limit + MULTIPART_SLACK)
+            chunks = body_chunks(
+                environ,
+                length=length,
+                limit=limit + MULTIPART_SLACK,
+                timeout=self.settings.timeout,
+            )
             filename = read_multipart(chunks, boundary, staged, max_file=limit)
             verify_checksums(staged, expected, self.store.algorithm)
             blob = self.store.commit(staged)
@@ -215,7 +222,9 @@ class Api:
             self._slot(),
             self.store.staged(extra=_extra_algorithms(expected, self.store)) as staged,
         ):
-            for chunk in body_chunks(environ, length=length, limit=limit):
+            for chunk in body_chunks(
+                environ, length=length, limit=limit, timeout=self.settings.timeout
+            ):
                 staged.write(chunk)
             verify_checksums(staged, expected, self.store.algorithm)
             blob = self.store.commit(staged)
@@ -329,7 +338,7 @@ def _route(app: bottle.Bottle, path: str, methods: list[str], handler: Callable[
 
 def _error_response(code: int, message: str, *, retry: bool = False) -> bottle.HTTPResponse:
     headers = {"Content-Type": "application/json"}
-    if code in (411, 413, 400):
+    if code in (400, 408, 411, 413):
         # The client may still be sending a body we will not read.
         headers["Connection"] = "close"
     if retry:

@@ -55,3 +55,7 @@ class Busy(BucketError):
 
 class ClientGone(BucketError):
     """The client stopped sending before the body was complete."""
+
+
+class TooSlow(ClientGone):
+    """The client sends its body too slowly to finish; the connection is closed."""

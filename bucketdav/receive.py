@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
 
-from bucketdav.errors import BadRequest, ChecksumMismatch, ClientGone, TooLarge
+from bucketdav.errors import BadRequest, ChecksumMismatch, ClientGone, TooLarge, TooSlow
 from bucketdav.naming import normalize_digest
 from bucketdav.settings import format_size
 from bucketdav.store import StagedFile
@@ -22,6 +24,11 @@ READ_SIZE = 256 << 10
 MULTIPART_SLACK = 64 * 1024
 # Form fields other than `file` are small; more than this is not a form we expect.
 MAX_OTHER_PARTS_BYTES = 64 * 1024
+# A body must bring at least this much per BUCKETDAV_TIMEOUT seconds, or it is cut off:
+# a client trickling a byte a second would otherwise hold a thread and an upload slot.
+MIN_BYTES_PER_TIMEOUT = 16 * 1024
+# A read that has waited this long returns what it has rather than fill its whole buffer.
+PARTIAL_READ_AFTER = 0.5
 
 # Checksum headers Artifactory clients send, and the hashlib algorithm of each.
 CHECKSUM_HEADERS = {
@@ -69,8 +76,11 @@ def socket_reader(stream: Any) -> Callable[[int], bytes] | None:
             buffer = bytearray(size)
             view = memoryview(buffer)
             got = 0
+            started = time.monotonic()
             while got < size and (count := raw.readinto(view[got:])):
                 got += count
+                if time.monotonic() - started > PARTIAL_READ_AFTER:
+                    break  # a slow body still comes in chunks, so its rate can be checked
             data = bytes(view[:got])
         stream.remaining -= len(data)
         rfile.bytes_read += len(data)
@@ -79,11 +89,31 @@ def socket_reader(stream: Any) -> Callable[[int], bytes] | None:
     return read
 
 
-def body_chunks(environ: dict[str, Any], *, length: int | None, limit: int) -> Iterator[bytes]:
-    """Yield the body as it arrives; refuse it past `limit` bytes, and notice a short body."""
+def stop_reading(stream: Any) -> None:
+    """Shut the read side of Cheroot's socket under `stream`, so the rest is not drained.
+
+    Cheroot reads an unread Content-Length body to its end before answering; for a body
+    cut off for its pace that would hold the thread just as long as the client wants.
+    """
+    raw = getattr(getattr(stream, "rfile", None), "raw", None)
+    sock = getattr(raw, "_sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+
+
+def body_chunks(
+    environ: dict[str, Any], *, length: int | None, limit: int, timeout: float | None = None
+) -> Iterator[bytes]:
+    """Yield the body as it arrives; refuse it past `limit` bytes, and notice a short body.
+
+    With `timeout`, a body that brings less than MIN_BYTES_PER_TIMEOUT bytes in any
+    `timeout` seconds is cut off (TooSlow).
+    """
     stream = environ["wsgi.input"]
     read = socket_reader(stream) or stream.read
     received = 0
+    window_start, window_bytes = time.monotonic(), 0
     while length is None or received < length:
         want = READ_SIZE if length is None else min(READ_SIZE, length - received)
         try:
@@ -98,6 +128,17 @@ def body_chunks(environ: dict[str, Any], *, length: int | None, limit: int) -> I
         received += len(chunk)
         if received > limit:
             raise TooLarge(f"the upload is larger than MAX_CONTENT_LENGTH ({format_size(limit)})")
+        if timeout is not None:
+            window_bytes += len(chunk)
+            now = time.monotonic()
+            if now - window_start >= timeout:
+                if window_bytes < MIN_BYTES_PER_TIMEOUT:
+                    stop_reading(stream)
+                    raise TooSlow(
+                        f"the body came at {window_bytes} bytes in {now - window_start:.0f}s; "
+                        f"send at least {MIN_BYTES_PER_TIMEOUT} bytes per {timeout:g}s"
+                    )
+                window_start, window_bytes = now, 0
         yield chunk
 
 
