@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -460,3 +461,30 @@ def test_upload_page_works_from_the_keyboard(live_server, open_tab):
     assert tab.page.evaluate("document.activeElement.getAttribute('aria-label')").startswith(
         "Copy checksum"
     )
+
+
+def test_upload_page_runs_three_uploads_at_a_time(live_server, open_tab):
+    tab = open_tab(live_server)
+    tab.goto("/upload")
+    # A slow link keeps the first uploads in flight while the rest wait.
+    cdp = tab.context.new_cdp_session(tab.page)
+    cdp.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
+    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": 150_000})
+    files = [_payload(f"part{i}.bin", os.urandom(40_000)) for i in range(5)]
+    tab.page.set_input_files("#files", files)
+    states = tab.page.locator("#uploads li .state")
+    busiest = 0
+    waited = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        texts = states.all_inner_texts()
+        active = [t for t in texts if "waiting" not in t and not t.startswith(("done", "failed"))]
+        busiest = max(busiest, len(active))
+        waited = waited or any("waiting" in t for t in texts[3:])
+        if len(texts) == 5 and all(t.startswith("done") for t in texts):
+            break
+        time.sleep(0.05)
+    assert all(t.startswith("done") for t in states.all_inner_texts())
+    assert busiest == 3
+    assert waited
