@@ -488,3 +488,15 @@ def test_upload_page_runs_three_uploads_at_a_time(live_server, open_tab):
     assert all(t.startswith("done") for t in states.all_inner_texts())
     assert busiest == 3
     assert waited
+
+
+def test_upload_page_sends_non_ascii_field_values_as_utf8(live_server_factory, open_tab):
+    server = live_server_factory(REPLICATE_0="user/${Username}")
+    tab = open_tab(server)
+    tab.goto("/upload")
+    tab.page.get_by_label("Username").fill("Zoë")
+    tab.page.set_input_files("#files", _payload("notes.txt", b"n\n"))
+    tab.wait_rows(1)
+    (replica,) = tab.links(tab.rows("done").first, "Replica")
+    assert urlsplit(replica).path.startswith("/replica/user/Zo%C3%AB/notes.")
+    assert (server.root / "replica" / "user" / "Zoë" / "notes.latest.txt").read_bytes() == b"n\n"

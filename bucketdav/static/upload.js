@@ -47,7 +47,7 @@ function el(tag, props = {}, ...children) {
 
 // Header values go out as UTF-8 bytes: XMLHttpRequest only takes Latin-1 strings.
 function headerValue(text) {
-  return unescape(encodeURIComponent(text));
+  return String.fromCharCode(...new TextEncoder().encode(text));
 }
 
 function filingHeaders() {
