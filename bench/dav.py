@@ -4,7 +4,7 @@ Four workloads on one store, servers alternating round by round, medians and rat
 PROPFIND Depth 1 of 10,000 files (one client), PROPFIND Depth 1 of 100 files (16
 connections, wrk), GET of a 1 GiB file (curl), GET of a 4 KiB file (16 connections, wrk).
 
-    python bench/dav.py [--rounds 3] [--seconds 3] [--keep DIR]
+    python bench/dav.py [--rounds 3] [--seconds 3] [--keep DIR] [--only "GET 1 GiB"]
 """
 
 from __future__ import annotations
@@ -315,6 +315,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3, help="duration of each wrk run")
     parser.add_argument("--keep", type=Path, help="build (or reuse) the store in this folder")
+    parser.add_argument("--only", default="", help="run the workloads whose name holds this")
     args = parser.parse_args()
     for tool in ("curl", "wrk"):
         if not shutil.which(tool):
@@ -328,7 +329,11 @@ def main() -> int:
     print(f"building the store in {root} ...", flush=True)
     layout = build_store(root)
     peers = servers(root, work)
-    loads = workloads(layout, work, args.seconds)
+    loads = {
+        name: load
+        for name, load in workloads(layout, work, args.seconds).items()
+        if args.only.lower() in name.lower()
+    }
     results: dict[str, dict[str, list[float]]] = {name: {} for name in loads}
     first: dict[str, dict[str, float]] = {name: {} for name in loads}
     try:
