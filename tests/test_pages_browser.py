@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -500,3 +501,36 @@ def test_upload_page_sends_non_ascii_field_values_as_utf8(live_server_factory, o
     (replica,) = tab.links(tab.rows("done").first, "Replica")
     assert urlsplit(replica).path.startswith("/replica/user/Zo%C3%AB/notes.")
     assert (server.root / "replica" / "user" / "Zoë" / "notes.latest.txt").read_bytes() == b"n\n"
+
+
+def test_upload_page_retries_when_the_server_is_busy(live_server_factory, open_tab):
+    server = live_server_factory(BUCKETDAV_MAX_UPLOADS="1", BUCKETDAV_TIMEOUT="3")
+    tab = open_tab(server)
+    tab.goto("/upload")
+    piece = os.urandom(20_000)
+    seconds = 7
+    conn = server.connection()
+    # Hold the only upload slot for a while: headers first, then the body at 20 kB/s, fast
+    # enough for the server's minimum rate (16 KiB per BUCKETDAV_TIMEOUT).
+    conn.putrequest("PUT", "/upload/slow.bin")
+    conn.putheader("Content-Length", str(len(piece) * seconds))
+    conn.endheaders(piece)
+
+    def trickle() -> None:
+        for _ in range(seconds - 1):
+            time.sleep(1)
+            conn.send(piece)
+
+    holder = threading.Thread(target=trickle)
+    holder.start()
+    try:
+        time.sleep(0.3)
+        tab.page.set_input_files("#files", _payload("quick.txt", b"quick\n"))
+        tab.page.locator("#uploads li .state", has_text="server busy").wait_for()
+        tab.page.locator("#uploads li.done, #uploads li.failed").first.wait_for(timeout=20_000)
+        assert tab.rows("done").count() == 1
+    finally:
+        holder.join(timeout=30)
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert '"PUT /upload/quick.txt HTTP/1.1" 503' in server.log()

@@ -7,6 +7,7 @@ import { md5Blob } from "./md5.js";
 import { tarBlob } from "./tar.js";
 
 const PARALLEL = 3;
+const BUSY_RETRIES = 4;
 // WebCrypto digests a whole buffer at once, so only files up to this size are hashed that way.
 const WEBCRYPTO_MAX = 256 * 1024 * 1024;
 const WEBCRYPTO_NAMES = { sha1: "SHA-1", sha256: "SHA-256", sha384: "SHA-384", sha512: "SHA-512" };
@@ -212,7 +213,7 @@ function send(method, path, body, headers, row) {
       } catch {
         answer = null;
       }
-      resolve({ status: xhr.status, answer, text: xhr.responseText });
+      resolve({ status: xhr.status, answer, text: xhr.responseText, retryAfter: xhr.getResponseHeader("Retry-After") });
     });
     const broken = () => resolve({ status: 0, answer: null, text: "" });
     xhr.addEventListener("error", broken);
@@ -227,7 +228,7 @@ function explain(result, job) {
     return prefix + result.answer.error;
   }
   if (result.status === 0) {
-    return `The connection broke before the server answered (${human(job.body.size)} sent?). Is the server reachable, or did a proxy refuse the size?`;
+    return `The connection broke before the server answered. Is the server still running, or did a proxy on the way refuse ${human(job.body.size)}?`;
   }
   return `The server answered ${result.status}: ${result.text.slice(0, 200) || "no explanation"}`;
 }
@@ -285,8 +286,17 @@ async function run(job) {
       // 404: it went away in between; send the bytes as usual.
     }
   }
-  row.status(`${human(job.body.size)} · sending`);
-  const result = await send("PUT", path, job.body, headers, row);
+  let result = null;
+  for (let attempt = 1; ; attempt++) {
+    row.status(`${human(job.body.size)} · sending`);
+    result = await send("PUT", path, job.body, headers, row);
+    // 503 means every upload slot of the server is taken: wait as it asks, a few times.
+    if (result.status !== 503 || attempt >= BUSY_RETRIES) break;
+    const wait = Math.min(30, Number(result.retryAfter) || 2);
+    row.progress(0);
+    row.status(`server busy · retrying in ${wait} s`);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+  }
   if (result.status === 200 && result.answer) row.done(result.answer);
   else row.fail(explain(result, job));
 }
