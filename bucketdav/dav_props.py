@@ -25,6 +25,7 @@ ALLPROP = tuple(
         "resourcetype",
         "displayname",
         "getlastmodified",
+        "creationdate",
         "getcontentlength",
         "getcontenttype",
         "getetag",
@@ -45,6 +46,7 @@ _XML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quo
 
 # Files of one upload share their modification second; formatting it once is cheaper.
 _DATES: dict[int, str] = {}
+_ISO_DATES: dict[int, str] = {}
 
 
 class BadPropfind(ValueError):
@@ -94,6 +96,17 @@ def http_date(seconds: float) -> str:
     return text
 
 
+def iso_date(seconds: float) -> str:
+    """An RFC 3339 date in UTC."""
+    whole = int(seconds)
+    text = _ISO_DATES.get(whole)
+    if text is None:
+        if len(_ISO_DATES) > 4096:
+            _ISO_DATES.clear()
+        text = _ISO_DATES[whole] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole))
+    return text
+
+
 def _format_date(seconds: int) -> str:
     t = time.gmtime(seconds)
     return (
@@ -118,6 +131,7 @@ class Renderer:
             "{DAV:}resourcetype": self._resourcetype,
             "{DAV:}displayname": self._displayname,
             "{DAV:}getlastmodified": self._getlastmodified,
+            "{DAV:}creationdate": self._creationdate,
             "{DAV:}getcontentlength": self._getcontentlength,
             "{DAV:}getcontenttype": self._getcontenttype,
             "{DAV:}getetag": self._getetag,
@@ -162,7 +176,7 @@ class Renderer:
             f'<D:multistatus xmlns:D="DAV:" xmlns:oc="{OC}">'
         ]
         for node in nodes:
-            names = ALLPROP[:3] if node.is_dir else (*ALLPROP, CHECKSUMS)
+            names = ALLPROP[:4] if node.is_dir else (*ALLPROP, CHECKSUMS)
             parts.append(
                 f"<D:response><D:href>{href_of(node)}</D:href><D:propstat><D:prop>"
                 f"{''.join(_empty_element(name) for name in names)}</D:prop>"
@@ -179,6 +193,10 @@ class Renderer:
 
     def _getlastmodified(self, node: Node, budget: list[int]) -> str:
         return f"<D:getlastmodified>{http_date(node.mtime)}</D:getlastmodified>"
+
+    def _creationdate(self, node: Node, budget: list[int]) -> str:
+        # POSIX keeps no creation time; stored files never change, so mtime is when they came.
+        return f"<D:creationdate>{iso_date(node.mtime)}</D:creationdate>"
 
     def _getcontentlength(self, node: Node, budget: list[int]) -> str | None:
         return None if node.is_dir else f"<D:getcontentlength>{node.size}</D:getcontentlength>"

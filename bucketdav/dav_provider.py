@@ -49,9 +49,9 @@ class Folder(DAVCollection):
         """Modification time of the folder."""
         return self.node.mtime
 
-    def get_creation_date(self) -> None:
-        """Unknown on POSIX file systems."""
-        return None
+    def get_creation_date(self) -> float:
+        """POSIX keeps no creation time; the folder's modification time stands in."""
+        return self.node.mtime
 
     def get_etag(self) -> None:
         """Folders have no entity tag."""
@@ -90,9 +90,9 @@ class File(DAVNonCollection):
         """The file's own name."""
         return self.node.name
 
-    def get_creation_date(self) -> None:
-        """Unknown on POSIX file systems."""
-        return None
+    def get_creation_date(self) -> float:
+        """Stored content never changes, so its modification time is when it appeared."""
+        return self.node.mtime
 
     def get_last_modified(self) -> float:
         """Modification time of the file."""

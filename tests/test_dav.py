@@ -232,7 +232,13 @@ def test_dav_fast_and_generic_propfind_agree(layout):
             )
             assert set(a) == set(b)
             for href in a:
-                for name in ("D:getcontentlength", "D:getlastmodified", "oc:checksums"):
+                for name in (
+                    "D:getcontentlength",
+                    "D:getlastmodified",
+                    "D:creationdate",
+                    "D:resourcetype",
+                    "oc:checksums",
+                ):
                     assert prop_text(a[href], name) == prop_text(b[href], name)
                 assert (prop_text(a[href], "D:getetag") or "").strip('"') == (
                     prop_text(b[href], "D:getetag") or ""
