@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,9 +156,11 @@ class PublicTree:
         seen = [real]
         st = None
         for part in parts:
-            candidate = f"{real}/{part}"
+            found = _lstat_member(real, part)
+            if found is None:
+                return None
+            candidate, st = found
             try:
-                st = os.lstat(candidate)
                 if S_ISLNK(st.st_mode):
                     candidate = confine(self.root, candidate)
                     if candidate is None or candidate in seen:
@@ -283,6 +286,25 @@ class PublicTree:
         if digest is not None:
             return digest
         return f"{node.ino:x}-{node.size:x}-{node.mtime_ns:x}"
+
+
+def _lstat_member(folder: str, name: str) -> tuple[str, os.stat_result] | None:
+    """The path and lstat of `name` in `folder`, trying the NFC form of a name sent as NFD."""
+    path = f"{folder}/{name}"
+    try:
+        return path, os.lstat(path)
+    except FileNotFoundError:
+        # macOS clients send names decomposed (NFD); uploads mostly arrive composed (NFC).
+        composed = unicodedata.normalize("NFC", name)
+        if composed == name:
+            return None
+        path = f"{folder}/{composed}"
+        try:
+            return path, os.lstat(path)
+        except (OSError, ValueError):
+            return None
+    except (OSError, ValueError):
+        return None
 
 
 def _make_node(path: str, real: str, st: os.stat_result, seen: frozenset[str]) -> Node | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 from xml.etree import ElementTree
 
 import pytest
@@ -414,3 +415,10 @@ def test_dav_browser_listing_escapes_names_and_links_upload(fast_dav, layout):
 def test_dav_browser_listing_of_folder_without_slash_redirects(fast_dav, layout):
     resp = fast_dav.get(layout.tree_url, status=301)
     assert resp.headers["Location"] == layout.tree_url + "/"
+
+
+def test_dav_decomposed_names_find_composed_files(fast_dav, layout):
+    (layout.tree / "caf\u00e9.txt").write_bytes(b"coffee")
+    decomposed = quote(layout.tree_url + "/cafe\u0301.txt")
+    assert fast_dav.get(decomposed).body == b"coffee"
+    assert fast_dav.get(quote(layout.tree_url + "/cafe.txt"), status="*").status_int == 404
