@@ -8,9 +8,10 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from bucketdav.archive_members import (
     Kind,
@@ -26,15 +27,19 @@ from bucketdav.errors import ChecksumCollision, UnsafeArchive
 from bucketdav.store import Store, disk_full_as_store_full, same_bytes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SPACE_CHECK_EVERY = 16 << 20
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REFUSED_KINDS = frozenset({Kind.DEVICE, Kind.FIFO, Kind.SOCKET, Kind.OTHER})
 # Creating and linking files is mostly kernel time, which threads overlap; files up to
 # this size are read whole and written by a worker, larger ones streamed in order.
-_WORKERS = 8
+_WORKERS = 4
 _SMALL_FILE = 1 << 20
 _IN_FLIGHT_BYTES = 32 << 20
+# Small files go to the workers in batches: one hand-over per batch, not per file.
+_BATCH_FILES = 64
+_BATCH_BYTES = 4 << 20
 
 
 class _File:
@@ -67,7 +72,10 @@ class TreeBuilder:
         self.members = 0
         self.bytes = 0
         self.space_check = _SPACE_CHECK_EVERY
-        self.in_flight = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _SMALL_FILE)
+        self.batch: list[tuple[str, bytes, str]] = []
+        self.fanout: set[str] = set()
+        self.batch_bytes = 0
+        self.in_flight = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _BATCH_BYTES)
         self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="extract")
 
     @property
@@ -175,8 +183,16 @@ class TreeBuilder:
         record = _File(dest, digest)
         self.by_digest.setdefault(digest, record)
         self._record(path, record)
-        self.in_flight.acquire()
-        self.pending.append(self.pool.submit(self._write_released, dest, data))
+        self.batch.append((dest, data, digest))
+        self.batch_bytes += len(data)
+        if len(self.batch) >= _BATCH_FILES or self.batch_bytes >= _BATCH_BYTES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if self.batch:
+            self.in_flight.acquire()
+            self.pending.append(self.pool.submit(self._write_batch, self.batch))
+            self.batch, self.batch_bytes = [], 0
 
     def _record(self, path: MemberPath, record: _File) -> None:
         self.records[path] = record
@@ -193,11 +209,24 @@ class TreeBuilder:
                 self.store.check_space(0)
             yield chunk
 
-    def _write_released(self, dest: str, data: bytes) -> None:
+    def _write_batch(self, batch: list[tuple[str, bytes, str]]) -> None:
         try:
-            self._write_file(dest, (data,), None)
+            for dest, data, digest in batch:
+                self._write_file(dest, (data,), None)
+                self._make_fanout(digest)
         finally:
             self.in_flight.release()
+
+    def _make_fanout(self, digest: str) -> None:
+        """Create the blob's fan-out directory now, while other threads parse and write.
+
+        An empty directory under blob/ shows nothing half-written; the link comes later.
+        """
+        parent = os.path.dirname(self.store.blob_path(digest))
+        if parent not in self.fanout:
+            with disk_full_as_store_full():
+                os.makedirs(parent, exist_ok=True)
+            self.fanout.add(parent)
 
     @staticmethod
     def _write_file(dest: str, chunks: Iterable[bytes], hasher: hashlib._Hash | None) -> None:
@@ -223,6 +252,7 @@ class TreeBuilder:
     def _link_blobs(self) -> None:
         """Flush the tree, then make every file its blob's inode (or a copy past EMLINK)."""
         with disk_full_as_store_full():
+            self._flush_batch()
             for future in self.pending:
                 future.result()
             for directory in self.dirs:
@@ -230,11 +260,21 @@ class TreeBuilder:
             # One flush of the file system instead of an fsync per file: no blob may
             # be linked in before its bytes are on disk.
             syncfs(self.root)
-            list(self.pool.map(self._link_blob, self.written, range(len(self.written))))
-            list(self.pool.map(self._place, self.links))
+            self._in_parallel(self._link_blob, list(enumerate(self.written)))
+            self._in_parallel(self._place, self.links)
             syncfs(self.root)
 
-    def _link_blob(self, record: _File, index: int) -> None:
+    def _in_parallel(self, work: Callable[[T], None], items: list[T]) -> None:
+        """Run `work` on every item, in one slice of the items per worker."""
+
+        def run(part: list[T]) -> None:
+            for item in part:
+                work(item)
+
+        list(self.pool.map(run, [items[i::_WORKERS] for i in range(_WORKERS)]))
+
+    def _link_blob(self, numbered: tuple[int, _File]) -> None:
+        index, record = numbered
         blob = record.blob = str(self.store.blob_path(record.digest))
         with disk_full_as_store_full():
             try:

@@ -10,6 +10,7 @@ import lzma
 import os
 import stat
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -98,7 +99,9 @@ _ZIP_MODES = {
 def zip_bytes(members: list[tuple], *, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     """A zip holding exactly `members`; symlinks and specials carry Unix modes as Info-ZIP does."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
+    # Duplicate names are one of the hostile cases; zipfile warns about them while writing.
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as archive:
+        warnings.simplefilter("ignore", UserWarning)
         for kind, name, payload, perm in members:
             info = zipfile.ZipInfo(name + ("/" if kind == "dir" else ""), (2024, 1, 2, 3, 4, 6))
             info.compress_type = compression
