@@ -534,3 +534,29 @@ def test_upload_page_retries_when_the_server_is_busy(live_server_factory, open_t
     assert conn.getresponse().status == 200
     conn.close()
     assert '"PUT /upload/quick.txt HTTP/1.1" 503' in server.log()
+
+
+def test_upload_page_cancels_waiting_and_running_uploads(live_server, open_tab):
+    tab = open_tab(live_server)
+    tab.goto("/upload")
+    cdp = tab.context.new_cdp_session(tab.page)
+    cdp.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
+    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": 100_000})
+    files = [_payload(f"file{i}.bin", os.urandom(100_000)) for i in range(3)]
+    tab.page.set_input_files("#files", [*files, _payload("queued.txt", b"never sent\n")])
+    page = tab.page
+    page.get_by_role("button", name="Cancel the upload of queued.txt").click()
+    page.locator("#uploads li.upload.file", has_text="file0.bin").locator(
+        ".state", has_text=" of "
+    ).wait_for()
+    page.get_by_role("button", name="Cancel the upload of file0.bin").click()
+    tab.wait_rows(2)
+    cancelled = page.locator("#uploads li.cancelled .name").all_inner_texts()
+    assert sorted(cancelled) == ["file0.bin", "queued.txt"]
+    assert page.locator("#uploads li.done .name").all_inner_texts() == ["file1.bin", "file2.bin"]
+    log = live_server.log()
+    assert "queued.txt" not in log
+    assert not re.search(r'"PUT /upload/file0\.bin HTTP/1\.1" 200', log)
+    stored = [live_server.request("HEAD", f"/checksum/{md5(f['buffer'])}").status for f in files]
+    assert stored == [404, 200, 200]

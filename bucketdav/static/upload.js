@@ -133,7 +133,10 @@ class Row {
     this.bar = el("progress", { max: 100, value: 0 });
     this.bar.setAttribute("aria-label", `Progress of ${label}`);
     this.where = el("p", { className: "hint" });
-    this.li = el("li", { className: `upload ${kind}` }, el("div", { className: "head" }, this.name, this.state), this.bar, this.where);
+    this.stop = el("button", { type: "button", className: "small", textContent: "Cancel" });
+    this.stop.setAttribute("aria-label", `Cancel the upload of ${label}`);
+    const head = el("div", { className: "head" }, this.name, el("span", { className: "side" }, this.state, this.stop));
+    this.li = el("li", { className: `upload ${kind}` }, head, this.bar, this.where);
     this.li.setAttribute("aria-label", label);
     this.size = size;
     list.append(this.li);
@@ -152,9 +155,22 @@ class Row {
     this.li.append(el("p", { className: "note", textContent: text }));
   }
 
+  finish(kind) {
+    this.li.classList.add(kind);
+    this.stop.remove();
+  }
+
+  cancelled() {
+    announcer.textContent = `${this.name.textContent} cancelled`;
+    this.finish("cancelled");
+    this.status("cancelled");
+    this.bar.hidden = true;
+    this.where.hidden = true;
+  }
+
   fail(message) {
     announcer.textContent = `${this.name.textContent} failed: ${message}`;
-    this.li.classList.add("failed");
+    this.finish("failed");
     this.status("failed");
     this.bar.removeAttribute("value");
     this.bar.hidden = true;
@@ -164,7 +180,7 @@ class Row {
 
   done(answer) {
     announcer.textContent = `${this.name.textContent} uploaded`;
-    this.li.classList.add("done");
+    this.finish("done");
     this.progress(1);
     this.status(`done · ${human(answer.size ?? this.size)}`);
     const results = el("dl", { className: "results" });
@@ -186,9 +202,11 @@ class Row {
 
 // -- sending --
 
-function send(method, path, body, headers, row) {
+function send(method, path, body, headers, row, job) {
   return new Promise((resolve) => {
     const xhr = new XMLHttpRequest();
+    // Kept so the row's Cancel button can abort the request.
+    job.xhr = xhr;
     xhr.open(method, path);
     for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, headerValue(value));
     xhr.setRequestHeader("Accept", "application/json");
@@ -237,6 +255,8 @@ async function digestOf(job) {
   const algorithm = (config.CHECKSUM_TYPE || "").toLowerCase();
   if (algorithm === "md5") {
     return md5Blob(job.body, (f) => {
+      // Throwing stops the hashing of a cancelled upload at the next slice.
+      if (job.cancelled) throw new Error("cancelled");
       job.row.status(`computing md5 · ${Math.round(f * 100)}%`);
     });
   }
@@ -271,13 +291,15 @@ async function run(job) {
       digest = null;
     }
   }
+  if (job.cancelled) return row.cancelled();
   if (digest) {
     headers["X-Checksum"] = digest;
     const known = await fetch(`/checksum/${digest}`, { method: "HEAD" }).then((r) => r.status, () => 0);
     if (known === 200) {
       row.status("already stored · deploying by checksum");
       const deploy = { ...headers, "X-Checksum-Deploy": "true" };
-      const result = await send("PUT", path, "", deploy, null);
+      const result = await send("PUT", path, "", deploy, null, job);
+      if (job.cancelled) return row.cancelled();
       if (result.status === 200 && result.answer) {
         row.done(result.answer);
         row.note("Already on the server: deployed by checksum, no bytes sent.");
@@ -289,13 +311,15 @@ async function run(job) {
   let result = null;
   for (let attempt = 1; ; attempt++) {
     row.status(`${human(job.body.size)} · sending`);
-    result = await send("PUT", path, job.body, headers, row);
+    result = await send("PUT", path, job.body, headers, row, job);
+    if (job.cancelled) return row.cancelled();
     // 503 means every upload slot of the server is taken: wait as it asks, a few times.
     if (result.status !== 503 || attempt >= BUSY_RETRIES) break;
     const wait = Math.min(30, Number(result.retryAfter) || 2);
     row.progress(0);
     row.status(`server busy · retrying in ${wait} s`);
     await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    if (job.cancelled) return row.cancelled();
   }
   if (result.status === 200 && result.answer) row.done(result.answer);
   else row.fail(explain(result, job));
@@ -319,7 +343,18 @@ function enqueue(name, body, { kind, dedup, label }) {
   const row = new Row(label || name, body.size, kind);
   const where = describePlaces(filingPlaces(headers));
   if (where) row.where.textContent = where;
-  queue.push({ name, body, row, headers, dedup });
+  const job = { name, body, row, headers, dedup, cancelled: false, xhr: null };
+  row.stop.addEventListener("click", () => {
+    job.cancelled = true;
+    const waiting = queue.indexOf(job);
+    if (waiting >= 0) {
+      queue.splice(waiting, 1);
+      row.cancelled();
+    } else if (job.xhr) {
+      job.xhr.abort();
+    }
+  });
+  queue.push(job);
   pump();
 }
 
