@@ -445,7 +445,12 @@ document.addEventListener("drop", async (event) => {
   }
   for (const folder of folders) {
     const out = [];
-    await walk(folder, "", out);
+    try {
+      await walk(folder, "", out);
+    } catch (error) {
+      new Row(`${folder.name}/`, 0, "folder").fail(`Could not read the folder: ${error.message || error}`);
+      continue;
+    }
     addFolders(out);
   }
 });
