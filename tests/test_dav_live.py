@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 
@@ -63,8 +64,11 @@ def test_dav_live_huge_body_is_refused_without_reading_it(live_server, method, s
             + b"x" * 100_000
         )
         answer = b""
-        while chunk := sock.recv(65536):  # the server closes: it will not wait for 10 GiB
-            answer += chunk
+        # The server answers and closes instead of waiting for 10 GiB; closing with unread
+        # bytes may end in a reset once the answer is through.
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
     assert answer.startswith(f"HTTP/1.1 {status}".encode())
     assert b"Connection: close" in answer
     assert live_server.request("GET", "/healthz").status == 200
