@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import MD5_COLLISION_A, MD5_COLLISION_B
 from test_archives import (
     D,
     F,
@@ -52,6 +53,21 @@ def test_archives_api_tgz_fills_the_response_and_the_tree(client, store_root, tm
     assert os.stat(tree / "README.md").st_ino == os.stat(readme).st_ino
     got = client.get("/" + body["path"]["archive"] + "/src/main.py")
     assert got.body == (source / "src" / "main.py").read_bytes()
+
+
+def test_archives_api_tree_is_listed_over_webdav(client):
+    body = put(
+        client, "site.tgz", tar_bytes([F("index.html", b"<p>"), D("img")], compression="gz")
+    ).json
+    tree = "/" + body["path"]["archive"] + "/"
+    listing = client.request(tree, method="PROPFIND", headers={"Depth": "1"}, status=207)
+    assert f"{tree}index.html".encode() in listing.body
+    assert f"{tree}img/".encode() in listing.body
+    parent = tree.rsplit("/", 2)[0] + "/"
+    assert (
+        tree.encode()
+        in client.request(parent, method="PROPFIND", headers={"Depth": "1"}, status=207).body
+    )
 
 
 def test_archives_api_zip_names_its_tree_by_the_zip(client, store_root):
@@ -116,6 +132,16 @@ def test_archives_api_truncated_archive_is_422_not_500(client):
     data = tar_bytes([F("a", os.urandom(20_000))], compression="gz")
     body = put(client, "cut.tgz", data[: len(data) // 2], status=422).json
     assert "truncated or malformed" in body["error"] and "'cut.tgz'" in body["error"]
+
+
+def test_archives_api_member_colliding_with_a_stored_blob_is_409(client, store_root):
+    put(client, "a.bin", MD5_COLLISION_A)
+    body = put(client, "b.tar", tar_bytes([F("b.bin", MD5_COLLISION_B)]), status=409).json
+    assert "already stored with different content" in body["error"]
+    blob = store_root / "blob" / md5(MD5_COLLISION_A)[:2] / md5(MD5_COLLISION_A)[2:4]
+    assert (blob / md5(MD5_COLLISION_A)).read_bytes() == MD5_COLLISION_A
+    assert list((store_root / "explode").iterdir()) == []
+    assert list((store_root / "staging").iterdir()) == []
 
 
 def test_archives_api_repeat_upload_does_not_extract_again(client, store_root, monkeypatch):
