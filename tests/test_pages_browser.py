@@ -189,9 +189,10 @@ def test_upload_page_files_replicas_under_the_header_fields(
     tab.page.get_by_label("Topic").fill("nightly")
     assert where.inner_text() == "replica/user/bob/nightly/"
     tab.page.set_input_files("#files", str(tmp_path / "report.xml"))
+    forecast = tab.page.locator("#uploads li .hint").first
+    assert forecast.text_content() == "Will be filed under replica/user/bob/nightly/"
     tab.wait_rows(1)
     row = tab.rows("done").first
-    assert "Will be filed under replica/user/bob/nightly/" in row.inner_text()
     (replica,) = tab.links(row, "Replica")
     assert re.search(r"/replica/user/bob/nightly/report\.\d{8}\.\d{4}\.0\.xml$", replica)
     assert _get(server, replica) == b"<report/>\n"

@@ -182,6 +182,8 @@ class Row {
     announcer.textContent = `${this.name.textContent} uploaded`;
     this.finish("done");
     this.progress(1);
+    // The links below say where it went; the forecast has served its purpose.
+    this.where.hidden = true;
     this.status(`done · ${human(answer.size ?? this.size)}`);
     const results = el("dl", { className: "results" });
     const add = (term, node, copyText) => {
