@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from bucketdav.api import Api, is_api_path
@@ -104,6 +108,54 @@ class _Logged:
             )
 
 
+class HeadWatch:
+    """Closes connections whose request head has not fully arrived within `limit` seconds.
+
+    Cheroot's timeout counts silence between packets, so a client that sends its headers a
+    byte a second would hold a worker thread for as long as it likes (slowloris).
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.pending: dict[int, tuple[float, socket.socket]] = {}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, name="head-watch", daemon=True).start()
+
+    @contextlib.contextmanager
+    def watching(self, sock: socket.socket) -> Iterator[None]:
+        """Track `sock` while its request head is being read."""
+        with self.lock:
+            self.pending[id(sock)] = (time.monotonic() + self.limit, sock)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.pending.pop(id(sock), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.limit / 4))
+            now = time.monotonic()
+            with self.lock:
+                for deadline, sock in list(self.pending.values()):
+                    if deadline < now:
+                        # The blocked read returns at once; Cheroot then drops the connection.
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _connection_class(watch: HeadWatch) -> type[cheroot_server.HTTPConnection]:
+    class Request(cheroot_server.HTTPRequest):
+        def parse_request(self) -> None:
+            with watch.watching(self.conn.socket):
+                super().parse_request()
+
+    class Connection(cheroot_server.HTTPConnection):
+        RequestHandlerClass = Request
+
+    return Connection
+
+
 def build_server(settings: Settings, store: Store) -> wsgi.Server:
     """A Cheroot server for this store, sized so slow clients cannot starve it."""
     server = wsgi.Server(
@@ -116,6 +168,7 @@ def build_server(settings: Settings, store: Store) -> wsgi.Server:
         request_queue_size=128,
     )
     server.max_request_header_size = MAX_HEADER_BYTES
+    server.ConnectionClass = _connection_class(HeadWatch(settings.timeout))
     return server
 
 

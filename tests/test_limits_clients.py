@@ -185,3 +185,33 @@ def test_client_gone_mid_upload_leaves_nothing(live_server, kind):
     assert wait_until(lambda: staging_and_blobs_empty(server))
     assert check_store(server.root, "md5", full=True).clean
     assert server.request("GET", "/healthz").status == 200
+
+
+def test_slow_request_heads_are_cut_off_so_workers_come_back(live_server_factory):
+    server = live_server_factory(BUCKETDAV_THREADS="4", BUCKETDAV_TIMEOUT="2")
+    sockets = []
+    for _ in range(8):
+        sock = socket.create_connection((server.host, server.port), timeout=10)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        sockets.append(sock)
+    started = time.monotonic()
+    closed = 0
+    try:
+        while time.monotonic() - started < 8 and closed < len(sockets):
+            closed = 0
+            for sock in sockets:
+                try:
+                    sock.sendall(b"s")
+                except OSError:
+                    closed += 1
+            time.sleep(0.5)
+        conn = server.connection(timeout=5)
+        conn.request("GET", "/healthz")
+        status = conn.getresponse().status
+        conn.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert closed == len(sockets)
+    assert status == 200
+    assert time.monotonic() - started < 10
