@@ -67,6 +67,7 @@ class TreeBuilder:
         self.links: list[tuple[str, _File]] = []
         self.by_digest: dict[str, _File] = {}
         self.pending: list[Future[None]] = []
+        self.checked = 0
         self.saturated: set[str] = set()
         self.dirs: list[str] = [self.root]
         self.members = 0
@@ -193,6 +194,10 @@ class TreeBuilder:
             self.in_flight.acquire()
             self.pending.append(self.pool.submit(self._write_batch, self.batch))
             self.batch, self.batch_bytes = [], 0
+        # A worker that failed (disk full) stops the extraction now, not at the end.
+        while self.checked < len(self.pending) and self.pending[self.checked].done():
+            self.pending[self.checked].result()
+            self.checked += 1
 
     def _record(self, path: MemberPath, record: _File) -> None:
         self.records[path] = record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import io
@@ -18,7 +19,7 @@ import pytest
 
 from bucketdav.archive_members import Kind, Layout, member_path
 from bucketdav.archives import classify, unpack
-from bucketdav.errors import UnsafeArchive
+from bucketdav.errors import StoreFull, UnsafeArchive
 from bucketdav.store import Store
 from bucketdav.uploads import Outcome
 
@@ -618,3 +619,20 @@ def test_archives_encrypted_zip_member_is_refused(store):
         data[at] |= 1
     message = refused(store, bytes(data), member="secret", name="enc.zip")
     assert "encrypted" in message
+
+
+def test_archives_disk_full_while_extracting_is_store_full_and_leaves_nothing(store, monkeypatch):
+    outcome = Outcome(
+        blob=store.ingest([tar_bytes([F(f"f{i}", b"%d" % i) for i in range(300)])]),
+        filename="full.tar",
+    )
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StoreFull):
+        unpack(store, outcome, max_bytes=MiB, max_files=1000)
+    monkeypatch.undo()
+    assert_no_tree_left(store)
+    assert store.find(outcome.blob.digest) is not None
