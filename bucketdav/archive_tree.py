@@ -56,7 +56,15 @@ class _File:
 class TreeBuilder:
     """Writes the members of one archive below `root`, a private directory in staging/."""
 
-    def __init__(self, store: Store, root: Path, *, max_bytes: int, max_files: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        root: Path,
+        *,
+        max_bytes: int,
+        max_files: int,
+        workers: int | None = None,
+    ) -> None:
         self.store = store
         self.root = str(root)
         self.max_bytes = max_bytes
@@ -77,7 +85,8 @@ class TreeBuilder:
         self.fanout: set[str] = set()
         self.batch_bytes = 0
         self.in_flight = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _BATCH_BYTES)
-        self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="extract")
+        self.workers = _WORKERS if workers is None else workers
+        self.pool = ThreadPoolExecutor(max(self.workers, 1), thread_name_prefix="extract")
 
     @property
     def files(self) -> int:
@@ -192,7 +201,10 @@ class TreeBuilder:
     def _flush_batch(self) -> None:
         if self.batch:
             self.in_flight.acquire()
-            self.pending.append(self.pool.submit(self._write_batch, self.batch))
+            if self.workers:
+                self.pending.append(self.pool.submit(self._write_batch, self.batch))
+            else:
+                self._write_batch(self.batch)
             self.batch, self.batch_bytes = [], 0
         # A worker that failed (disk full) stops the extraction now, not at the end.
         while self.checked < len(self.pending) and self.pending[self.checked].done():
@@ -276,7 +288,10 @@ class TreeBuilder:
             for item in part:
                 work(item)
 
-        list(self.pool.map(run, [items[i::_WORKERS] for i in range(_WORKERS)]))
+        if not self.workers:
+            run(items)
+            return
+        list(self.pool.map(run, [items[i :: self.workers] for i in range(self.workers)]))
 
     def _link_blob(self, numbered: tuple[int, _File]) -> None:
         index, record = numbered
