@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import random
-import shutil
 import stat
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import TextIO
 
 from bucketdav.replicas import Series
 from bucketdav.settings import Settings
-from bucketdav.store import PUBLIC_TREES, Store, same_bytes
+from bucketdav.store import PUBLIC_TREES, Store, remove_tree, same_bytes
 
 log = logging.getLogger(__name__)
 
@@ -415,27 +414,36 @@ class Checker:
         self.report.problem("misplaced", self.rel(entry.path), "not a fan-out folder")
         return False
 
-    def _walk_tree(self, path: str, tree: str) -> None:
-        self._check_mode(path, os.lstat(path), content=False)
-        for entry in _scandir(path):
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                self._walk_tree(entry.path, tree)
-            elif stat.S_ISREG(st.st_mode):
-                self._file(entry.path, st)
-            elif _is_link(st):
-                self.report.scanned["links"] += 1
-                problem = self._link_problem(entry.path, public=False, tree=tree)
-                if problem == "dangles":
-                    # The archive held a link to a member it did not have; that is its content.
-                    self.report.scanned["dangling archive links (kept)"] += 1
-                elif problem:
-                    self.report.problem("symlink", self.rel(entry.path), problem)
-                    if self.repair:
-                        os.unlink(entry.path)
-                        self.report.fixed("symlink", f"removed {self.rel(entry.path)}")
-            else:
-                self.report.problem("misplaced", self.rel(entry.path), "not a file, folder or link")
+    def _walk_tree(self, top: str, tree: str) -> None:
+        # A stack, not recursion: an archive may be thousands of folders deep.
+        pending = [top]
+        self._check_mode(top, os.lstat(top), content=False)
+        while pending:
+            for entry in _scandir(pending.pop()):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    self._check_mode(entry.path, st, content=False)
+                    pending.append(entry.path)
+                elif stat.S_ISREG(st.st_mode):
+                    self._file(entry.path, st)
+                elif _is_link(st):
+                    self._tree_link(entry.path, tree)
+                else:
+                    self.report.problem(
+                        "misplaced", self.rel(entry.path), "not a file, folder or link"
+                    )
+
+    def _tree_link(self, path: str, tree: str) -> None:
+        self.report.scanned["links"] += 1
+        problem = self._link_problem(path, public=False, tree=tree)
+        if problem == "dangles":
+            # The archive held a link to a member it did not have; that is its content.
+            self.report.scanned["dangling archive links (kept)"] += 1
+        elif problem:
+            self.report.problem("symlink", self.rel(path), problem)
+            if self.repair:
+                os.unlink(path)
+                self.report.fixed("symlink", f"removed {self.rel(path)}")
 
     # -- files of explode/ and replica/ --
 
@@ -551,7 +559,7 @@ def _scandir(path: str) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(path) as entries:
             return sorted(entries, key=lambda e: e.name)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
@@ -571,22 +579,24 @@ def _flock(fd: int, how: int) -> Iterator[None]:
 def _newest_mtime(path: str) -> float | None:
     """The newest modification time of `path` and anything below it; None once it is gone."""
     try:
-        newest = os.lstat(path).st_mtime
+        top = os.lstat(path)
     except FileNotFoundError:
         return None
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in (*dirnames, *filenames):
+    newest = top.st_mtime
+    pending = [path] if stat.S_ISDIR(top.st_mode) else []
+    while pending:
+        for entry in _scandir(pending.pop()):
             with contextlib.suppress(OSError):
-                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                st = entry.stat(follow_symlinks=False)
+                newest = max(newest, st.st_mtime)
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(entry.path)
     return newest
 
 
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
-        for dirpath, _dirs, _files in os.walk(path):
-            with contextlib.suppress(OSError):
-                os.chmod(dirpath, 0o755)
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

@@ -40,6 +40,7 @@ STRONG_ALGORITHMS = frozenset(
     }
 )
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_TREE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Inodes an upload may need (staging file, fan-out folders, replica names); with fewer free,
 # uploads are refused and /healthz fails, as below the byte watermark.
 MIN_FREE_INODES = 32
@@ -211,8 +212,7 @@ class Store:
         for entry in os.scandir(self.staging):
             count += 1
             if entry.is_dir(follow_symlinks=False):
-                _make_writable(Path(entry.path))
-                shutil.rmtree(entry.path, ignore_errors=True)
+                remove_tree(entry.path)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
@@ -389,8 +389,7 @@ class Store:
             yield path
         finally:
             if path.exists():
-                _make_writable(path)
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
 
 
 def same_bytes(a: Path, b: Path) -> bool:
@@ -406,8 +405,47 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
-def _make_writable(tree: Path) -> None:
-    """Give the owner write access to every directory in `tree`, so it can be removed."""
-    for dirpath, _dirnames, _files in os.walk(tree):
-        with contextlib.suppress(OSError):
-            os.chmod(dirpath, 0o755)
+def remove_tree(path: str | Path) -> None:
+    """Remove a directory tree of any depth, making read-only folders writable on the way.
+
+    An archive may be thousands of folders deep: shutil.rmtree and os.walk recurse (Python
+    3.11) and full paths can pass PATH_MAX, so this walks with one open folder and names.
+    """
+    try:
+        fd = os.open(path, _TREE_FLAGS)
+    except FileNotFoundError:
+        return
+    names: list[str] = []  # the folders from `path` down to `fd`
+    pending: list[list[str]] = []  # per level: subfolders still to remove
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o755)
+            subfolders = []
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subfolders.append(entry.name)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.name, dir_fd=fd)
+            pending.append(subfolders)
+            while not pending[-1]:
+                pending.pop()
+                if not names:
+                    break
+                parent = os.open("..", _TREE_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                os.rmdir(names.pop(), dir_fd=fd)
+            if not pending:
+                break
+            child = pending[-1].pop()
+            descend = os.open(child, _TREE_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = descend
+            names.append(child)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)

@@ -27,6 +27,7 @@ from bucketdav.check import (
     staging_is_leftover,
 )
 from bucketdav.replicas import Series
+from bucketdav.store import Store, remove_tree
 
 DIGEST = "5d41402abc4b2a76b9719d911017c592"
 
@@ -394,3 +395,42 @@ def test_check_while_uploads_run_is_always_clean(live_server_factory):
     assert len(reports) >= 2
     assert all(r.clean and not r.repaired for r in reports), [r.examples for r in reports]
     assert check_store(server.root, "md5", full=True).clean
+
+
+def make_deep(top: Path, depth: int) -> None:
+    """`top/d/d/.../d/f` `depth` folders deep, made one level at a time (makedirs recurses)."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o444, dir_fd=fd))
+        os.fchmod(fd, 0o555)
+    finally:
+        os.close(fd)
+
+
+def test_check_and_start_up_handle_trees_thousands_of_folders_deep(make_client, store_root):
+    client = make_client()
+    name = "/".join(["d"] * 1050) + "/f.txt"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"deep"))
+    try:
+        assert client.put("/upload/deep.tar", buf.getvalue()).json["files"] == 1
+        leftover = store_root / "staging" / "tree-crashed"
+        make_deep(leftover, 1050)
+        report = check(store_root)
+        assert report.scanned["trees"] == 1 and report.scanned["linked files"] == 1
+        assert report.problems["leftover"] == 0  # changed just now: an upload in flight
+        Store(store_root, "md5").open()
+        assert list((store_root / "staging").iterdir()) == []
+        assert check(store_root).clean
+    finally:
+        # pytest removes old temporary folders with shutil.rmtree, which recurses too deep.
+        remove_tree(store_root)
