@@ -212,7 +212,7 @@ class Store:
         for entry in os.scandir(self.staging):
             count += 1
             if entry.is_dir(follow_symlinks=False):
-                remove_tree(entry.path)
+                _remove_quietly(entry.path)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
@@ -389,7 +389,7 @@ class Store:
             yield path
         finally:
             if path.exists():
-                remove_tree(path)
+                _remove_quietly(path)
 
 
 def same_bytes(a: Path, b: Path) -> bool:
@@ -403,6 +403,14 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return False
             if not ca:
                 return True
+
+
+def _remove_quietly(path: str | Path) -> None:
+    """remove_tree, logging instead of raising: a clean-up must not hide the real outcome."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("could not remove %s from staging/: %s", path, exc)
 
 
 def remove_tree(path: str | Path) -> None:
