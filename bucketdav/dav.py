@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,9 +15,10 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from bucketdav import listing
 from bucketdav.api import PAGE_CSP
 from bucketdav.dav_fs import Node, PublicTree
-from bucketdav.dav_get import client_socket, serve_file
+from bucketdav.dav_get import serve_file
 from bucketdav.dav_props import BadPropfind, Renderer, href_of, parse_propfind
 from bucketdav.dav_provider import StoreProvider
+from bucketdav.receive import stop_reading
 from bucketdav.settings import Settings
 from bucketdav.store import Store
 
@@ -114,21 +113,6 @@ def read_bounded(environ: dict[str, Any], limit: int) -> bytes | None:
         return stream.read(length)
     data = stream.read(limit + 1)
     return None if len(data) > limit else data
-
-
-def stop_reading(environ: dict[str, Any]) -> None:
-    """Leave the rest of a refused body unread and have the connection closed after the answer.
-
-    Cheroot would otherwise read the remainder into memory (a Content-Length body) or take
-    it for the next request (a chunked one); shutting the socket's read side ends both.
-    """
-    stream = environ.get("wsgi.input")
-    if hasattr(stream, "remaining"):
-        stream.remaining = 0
-    sock = client_socket(environ)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RD)
 
 
 def _replace_body(environ: dict[str, Any], body: bytes) -> None:

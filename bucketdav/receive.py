@@ -89,17 +89,30 @@ def socket_reader(stream: Any) -> Callable[[int], bytes] | None:
     return read
 
 
-def stop_reading(stream: Any) -> None:
-    """Shut the read side of Cheroot's socket under `stream`, so the rest is not drained.
+def stop_reading(environ: dict[str, Any]) -> None:
+    """Leave the rest of the request body unread and have the connection closed after the answer.
 
-    Cheroot reads an unread Content-Length body to its end before answering; for a body
-    cut off for its pace that would hold the thread just as long as the client wants.
+    Cheroot would otherwise read an unread Content-Length body to its end, into one buffer
+    of that size, before answering (or take a chunked one for the next request); zeroing
+    what it thinks remains and shutting the socket's read side ends both.
     """
+    stream = environ.get("wsgi.input")
+    if hasattr(stream, "remaining"):
+        stream.remaining = 0
     raw = getattr(getattr(stream, "rfile", None), "raw", None)
     sock = getattr(raw, "_sock", None)
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RD)
+
+
+def body_left_unread(environ: dict[str, Any]) -> bool:
+    """True when the request still has body bytes the application did not read."""
+    stream = environ.get("wsgi.input")
+    if getattr(stream, "remaining", 0):
+        return True
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    return chunked and getattr(stream, "closed", True) is False
 
 
 def body_chunks(
@@ -133,7 +146,7 @@ def body_chunks(
             now = time.monotonic()
             if now - window_start >= timeout:
                 if window_bytes < MIN_BYTES_PER_TIMEOUT:
-                    stop_reading(stream)
+                    stop_reading(environ)
                     raise TooSlow(
                         f"the body came at {window_bytes} bytes in {now - window_start:.0f}s; "
                         f"send at least {MIN_BYTES_PER_TIMEOUT} bytes per {timeout:g}s"

@@ -17,6 +17,7 @@ from cheroot import wsgi
 
 from bucketdav.api import Api, is_api_path
 from bucketdav.dav import make_dav_app
+from bucketdav.receive import body_left_unread, stop_reading
 from bucketdav.settings import Settings
 from bucketdav.store import Store
 
@@ -60,6 +61,9 @@ def with_headers_and_log(app: WsgiApp) -> WsgiApp:
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             seen["status"] = status.split(" ", 1)[0]
+            if body_left_unread(environ):
+                # An answer given before the body was read (a refusal): do not drain it.
+                stop_reading(environ)
             names = {name.lower() for name, _ in headers}
             headers.extend(h for h in SECURITY_HEADERS if h[0].lower() not in names)
             if "content-security-policy" not in names:

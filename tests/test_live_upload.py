@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import require_tool
@@ -153,3 +156,29 @@ def test_live_deploy_header_with_a_chunked_body_stores_the_body(live_server):
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
     assert live_server.request("GET", "/checksum/" + md5(data)).status == 200
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n",
+        b"PUT /upload/ HTTP/1.1\r\nHost: x\r\n",
+        b"PUT /upload/x HTTP/1.1\r\nHost: x\r\nX-Checksum: nothex\r\n",
+    ],
+)
+@pytest.mark.parametrize("length", [b"50000000000", b"30000000"])
+def test_live_refusal_before_the_body_does_not_drain_it(live_server, head, length):
+    with socket.create_connection((live_server.host, live_server.port), timeout=10) as sock:
+        sock.sendall(head + b"Content-Length: " + length + b"\r\n\r\n" + b"q" * 65536)
+        reply = sock.recv(4096)
+        assert reply.split(b" ")[1] in (b"400", b"413", b"415")
+        # The server ends the connection at once: it neither waits for the rest of the body
+        # nor reads it into memory (a recv timeout here fails the test).
+        sock.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(65536):
+                pass
+    status = (Path(f"/proc/{live_server.proc.pid}/status")).read_text()
+    rss_kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    assert rss_kib < 200 * 1024
+    assert live_server.request("GET", "/healthz").status == 200
