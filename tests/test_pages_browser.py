@@ -44,6 +44,8 @@ class Tab:
     def __init__(self, browser: Any, base: str, **options: Any) -> None:
         self.context = browser.new_context(**options)
         self.page = self.context.new_page()
+        # Clipboard writes and file pickers need the page to have focus.
+        self.page.bring_to_front()
         self.page.set_default_timeout(WAIT_MS)
         self.base = base.rstrip("/")
         self.problems: list[str] = []
