@@ -15,6 +15,8 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -87,6 +89,20 @@ def assert_sound(server: LiveServer) -> None:
     assert list((server.root / "staging").iterdir()) == []
 
 
+def assert_cli_check_clean(server: LiveServer) -> None:
+    """`bucketdav check --full` on the store, as an operator runs it, exits 0."""
+    env = {k: v for k, v in server.env.items() if not k.startswith("REPLICATE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bucketdav", "check", "--full"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def assert_acknowledged_whole(server: LiveServer, acked: Acked) -> None:
     """Every upload the server answered 200 reads back whole over WebDAV."""
     for digest, size in acked.blobs.items():
@@ -123,6 +139,7 @@ def run_phase(
         assert_sound(server)
     assert acked.kills >= len(delays) // 2
     assert_acknowledged_whole(server, acked)
+    assert_cli_check_clean(server)
     return server
 
 
