@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import sys
 from collections.abc import Sequence
+from logging.handlers import QueueHandler, QueueListener
 
 from bucketdav.settings import SettingError, Settings, load_settings, parse_env_file
 from bucketdav.store import StoreError
@@ -44,14 +46,23 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
     return load_settings(environ=environ, file_values=file_values, flags=flags)
 
 
+def setup_logging() -> QueueListener:
+    """Log to stderr through a queue, so request threads never wait on the write."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(lines, handler)
+    listener.start()
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(QueueHandler(lines))
+    return listener
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    listener = setup_logging()
     try:
         settings = settings_from(args, dict(os.environ))
         if args.command == "serve":
@@ -65,4 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingError, StoreError) as exc:
         print(f"bucketdav: {exc}", file=sys.stderr)
         return 2
+    finally:
+        listener.stop()
     return 0
