@@ -39,6 +39,11 @@ function human(bytes) {
   return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${unit}`;
 }
 
+// Screen readers hear finished uploads through one polite live region, not every progress tick.
+function announce(text) {
+  if (announcer) announcer.textContent = text;
+}
+
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   Object.assign(node, props);
@@ -161,7 +166,7 @@ class Row {
   }
 
   cancelled() {
-    announcer.textContent = `${this.name.textContent} cancelled`;
+    announce(`${this.name.textContent} cancelled`);
     this.finish("cancelled");
     this.status("cancelled");
     this.bar.hidden = true;
@@ -169,7 +174,7 @@ class Row {
   }
 
   fail(message) {
-    announcer.textContent = `${this.name.textContent} failed: ${message}`;
+    announce(`${this.name.textContent} failed: ${message}`);
     this.finish("failed");
     this.status("failed");
     this.bar.removeAttribute("value");
@@ -179,7 +184,7 @@ class Row {
   }
 
   done(answer) {
-    announcer.textContent = `${this.name.textContent} uploaded`;
+    announce(`${this.name.textContent} uploaded`);
     this.finish("done");
     this.progress(1);
     // The links below say where it went; the forecast has served its purpose.
