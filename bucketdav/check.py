@@ -43,7 +43,7 @@ _BAD_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH
 # Every kind of problem, in the order the report lists them.
 KINDS = {
     "corrupt": "blobs whose content does not hash to their name",
-    "misplaced": "entries under blob/ or explode/ not where the layout puts them",
+    "misplaced": "entries not where the layout puts them, or of a kind the store never makes",
     "unlinked": "files in explode/ or replica/ that are not a link (or copy) of a blob",
     "symlink": "symlinks that dangle or lead outside where they belong",
     "latest": "latest links whose replica is missing",
@@ -270,7 +270,7 @@ class Checker:
                 fresh += 1
                 continue
             self.report.problem(
-                "leftover", self.rel(entry.path), "left in staging/ for over an hour"
+                "leftover", self.rel(entry.path), f"unchanged in staging/ for over {self.grace:g}s"
             )
             if self.repair:
                 _remove(entry.path)
@@ -283,22 +283,28 @@ class Checker:
 
     # -- replica/ --
 
-    def _walk_replicas(self, folder: str) -> None:
+    def _walk_replicas(self, top: str) -> None:
+        pending = [top]
+        while pending:
+            pending.extend(self._replica_folder(pending.pop()))
+
+    def _replica_folder(self, folder: str) -> list[str]:
+        """Check one replica folder; returns its subfolders."""
         try:
             fd = os.open(folder, _DIR_FLAGS)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 self.report.problem("misplaced", self.rel(folder), f"cannot open: {exc.strerror}")
-            return
+            return []
         subfolders = []
         try:
             # The server claims names and swaps `latest` under this lock: what we read is whole.
             with _flock(fd, fcntl.LOCK_SH):
-                entries = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in os.scandir(fd)]
-                links = {n: os.readlink(n, dir_fd=fd) for n, _p, st in entries if _is_link(st)}
-            names = [n for n, _p, _st in entries]
-            for name, path, st in entries:
-                path = os.path.join(folder, name)
+                entries = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(fd)}
+                links = {n: os.readlink(n, dir_fd=fd) for n, st in entries.items() if _is_link(st)}
+            names = sorted(entries)
+            for name in names:
+                path, st = os.path.join(folder, name), entries[name]
                 if stat.S_ISDIR(st.st_mode):
                     self._check_mode(path, st, content=False)
                     subfolders.append(path)
@@ -311,8 +317,7 @@ class Checker:
         finally:
             os.close(fd)
         self.report.scanned["replica folders"] += 1
-        for sub in subfolders:
-            self._walk_replicas(sub)
+        return subfolders
 
     def _replica_link(self, fd: int, folder: str, name: str, target: str, names: list[str]) -> None:
         path = os.path.join(folder, name)
@@ -323,24 +328,21 @@ class Checker:
                 self.report.fixed("leftover", f"removed {self.rel(path)}")
             return
         series = latest_series(name, target, names) if "/" not in target else None
-        if series is not None:
-            newest = newest_replica(series, names)
-            if newest == target:
-                pass
-            elif target in names:
+        newest = newest_replica(series, names) if series is not None else None
+        if series is not None and newest != target:
+            if target in names:
                 # An update killed between claiming a name and moving `latest` leaves it on the
                 # previous replica: whole and readable, and the next upload moves it on.
                 self.report.scanned["latest links behind the newest"] += 1
                 if self.repair and self._repoint_latest(fd, name, series):
                     self.report.actions.append(f"moved {self.rel(path)} to {newest}")
-                return
             else:
                 self.report.problem(
                     "latest", self.rel(path), f"points at missing {target}, the newest is {newest}"
                 )
                 if self.repair and self._repoint_latest(fd, name, series):
                     self.report.fixed("latest", f"re-pointed {self.rel(path)}")
-                return
+            return
         problem = self._link_problem(path, public=True)
         if problem:
             self.report.problem("symlink", self.rel(path), f"-> {target}: {problem}")
