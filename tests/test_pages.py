@@ -144,12 +144,20 @@ def test_connect_route_refuses_to_echo_a_hostile_host(client) -> None:
     assert FALLBACK_BASE in page.text
 
 
-@pytest.mark.parametrize("name", ["upload.js", "md5.js", "tar.js", "copy.js", "listing.js"])
+@pytest.mark.parametrize("name", sorted(p.name for p in STATIC.glob("*.js")))
 def test_static_scripts_are_served_as_javascript(client, name: str) -> None:
     response = client.get(f"/static/{name}")
     # Module scripts only run when served with a JavaScript type.
     assert response.content_type in ("text/javascript", "application/javascript")
     assert response.body == (STATIC / name).read_bytes()
+
+
+def test_static_folder_holds_every_module_the_pages_import() -> None:
+    imported = set()
+    for path in STATIC.glob("*.js"):
+        imported |= set(re.findall(r'from "\./([\w-]+\.js)"', path.read_text()))
+    assert {"copy.js", "dom.js", "filing.js", "md5.js", "row.js", "tar.js"} <= imported
+    assert all((STATIC / name).is_file() for name in imported)
 
 
 def test_static_files_never_leave_the_static_folder(client) -> None:

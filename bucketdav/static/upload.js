@@ -2,8 +2,10 @@
 // skips content the server already has, and shows where everything landed.
 "use strict";
 
-import { copyButton } from "./copy.js";
+import { human } from "./dom.js";
+import { Filing } from "./filing.js";
 import { md5Blob } from "./md5.js";
+import { Row } from "./row.js";
 import { tarBlob } from "./tar.js";
 
 const PARALLEL = 3;
@@ -11,111 +13,18 @@ const BUSY_RETRIES = 4;
 // WebCrypto digests a whole buffer at once, so only files up to this size are hashed that way.
 const WEBCRYPTO_MAX = 256 * 1024 * 1024;
 const WEBCRYPTO_NAMES = { sha1: "SHA-1", sha256: "SHA-256", sha384: "SHA-384", sha512: "SHA-512" };
-const STORE_PREFIX = "bucketdav.header.";
 
-const list = document.getElementById("uploads");
-const announcer = document.getElementById("announce");
-const idle = document.getElementById("idle");
 const queue = [];
 let running = 0;
 let config = { CHECKSUM_TYPE: null, MAX_CONTENT_LENGTH: null, replication: [] };
-const fieldInputs = new Map();
+let filing = null;
 const ready = loadConfig();
 
 for (const el of document.querySelectorAll(".origin")) el.textContent = location.origin;
 
-// -- small helpers --
-
-function human(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  const units = ["KiB", "MiB", "GiB", "TiB"];
-  let value = bytes;
-  let unit = "B";
-  for (const u of units) {
-    if (value < 1024) break;
-    value /= 1024;
-    unit = u;
-  }
-  return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${unit}`;
-}
-
-// Screen readers hear finished uploads through one polite live region, not every progress tick.
-function announce(text) {
-  if (announcer) announcer.textContent = text;
-}
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  Object.assign(node, props);
-  for (const child of children) if (child != null) node.append(child);
-  return node;
-}
-
 // Header values go out as UTF-8 bytes: XMLHttpRequest only takes Latin-1 strings.
 function headerValue(text) {
   return String.fromCharCode(...new TextEncoder().encode(text));
-}
-
-function filingHeaders() {
-  const headers = {};
-  for (const [name, input] of fieldInputs) {
-    const value = input.value.trim();
-    if (value) headers[name] = value;
-  }
-  return headers;
-}
-
-/** Where the upload will be filed, one line per replication template. */
-function filingPlaces(headers) {
-  const lower = new Map(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
-  return config.replication.map((rule) => {
-    const missing = rule.headers.filter((h) => !lower.has(h.toLowerCase()));
-    if (missing.length) return { rule, missing, path: null };
-    const path = rule.template.replace(/\$\{([^}]+)\}/g, (_, name) => lower.get(name.toLowerCase()));
-    return { rule, missing, path: `replica/${path}/` };
-  });
-}
-
-function describePlaces(places) {
-  const filed = places.filter((p) => p.path).map((p) => p.path);
-  if (!config.replication.length) return "";
-  return filed.length ? `Will be filed under ${filed.join(", ")}` : "Not filed under replica/ (no names given)";
-}
-
-// -- replication fields from GET /config --
-
-function showWhere() {
-  const where = document.getElementById("where");
-  where.replaceChildren();
-  for (const place of filingPlaces(filingHeaders())) {
-    const text = place.path
-      ? el("code", { textContent: place.path })
-      : `not filed by ${place.rule.variable} (${place.rule.template}): fill ${place.missing.join(", ")}`;
-    where.append(el("li", {}, text));
-  }
-}
-
-function buildFields() {
-  const names = [];
-  for (const rule of config.replication) {
-    for (const name of rule.headers) if (!names.some((n) => n.toLowerCase() === name.toLowerCase())) names.push(name);
-  }
-  if (!names.length) return;
-  const box = document.getElementById("fields");
-  names.forEach((name, index) => {
-    const id = `header-${index}`;
-    const input = el("input", { id, type: "text", name, autocomplete: "off", spellcheck: false });
-    input.dataset.header = name;
-    input.value = localStorage.getItem(STORE_PREFIX + name) || "";
-    input.addEventListener("input", () => {
-      localStorage.setItem(STORE_PREFIX + name, input.value);
-      showWhere();
-    });
-    fieldInputs.set(name, input);
-    box.append(el("div", { className: "field" }, el("label", { htmlFor: id, textContent: name }), input));
-  });
-  document.getElementById("replication").hidden = false;
-  showWhere();
 }
 
 async function loadConfig() {
@@ -126,84 +35,9 @@ async function loadConfig() {
     // The page still uploads; it only loses the limit check, dedup and the filing fields.
   }
   if (config.MAX_CONTENT_LENGTH_TEXT) document.getElementById("limit").textContent = config.MAX_CONTENT_LENGTH_TEXT;
-  buildFields();
-}
-
-// -- one row per upload --
-
-class Row {
-  constructor(label, size, kind) {
-    this.name = el("span", { className: "name", textContent: label });
-    this.state = el("span", { className: "state", textContent: `${human(size)} · waiting` });
-    this.bar = el("progress", { max: 100, value: 0 });
-    this.bar.setAttribute("aria-label", `Progress of ${label}`);
-    this.where = el("p", { className: "hint" });
-    this.stop = el("button", { type: "button", className: "small", textContent: "Cancel" });
-    this.stop.setAttribute("aria-label", `Cancel the upload of ${label}`);
-    const head = el("div", { className: "head" }, this.name, el("span", { className: "side" }, this.state, this.stop));
-    this.li = el("li", { className: `upload ${kind}` }, head, this.bar, this.where);
-    this.li.setAttribute("aria-label", label);
-    this.size = size;
-    list.append(this.li);
-    if (idle) idle.hidden = true;
-  }
-
-  status(text) {
-    this.state.textContent = text;
-  }
-
-  progress(fraction) {
-    this.bar.value = Math.round(fraction * 100);
-  }
-
-  note(text) {
-    this.li.append(el("p", { className: "note", textContent: text }));
-  }
-
-  finish(kind) {
-    this.li.classList.add(kind);
-    this.stop.remove();
-  }
-
-  cancelled() {
-    announce(`${this.name.textContent} cancelled`);
-    this.finish("cancelled");
-    this.status("cancelled");
-    this.bar.hidden = true;
-    this.where.hidden = true;
-  }
-
-  fail(message) {
-    announce(`${this.name.textContent} failed: ${message}`);
-    this.finish("failed");
-    this.status("failed");
-    this.bar.removeAttribute("value");
-    this.bar.hidden = true;
-    this.where.hidden = true;
-    this.li.append(el("p", { className: "error", role: "alert", textContent: message }));
-  }
-
-  done(answer) {
-    announce(`${this.name.textContent} uploaded`);
-    this.finish("done");
-    this.progress(1);
-    // The links below say where it went; the forecast has served its purpose.
-    this.where.hidden = true;
-    this.status(`done · ${human(answer.size ?? this.size)}`);
-    const results = el("dl", { className: "results" });
-    const add = (term, node, copyText) => {
-      results.append(el("dt", { textContent: term }), el("dd", {}, node, copyButton(copyText, `Copy ${term.toLowerCase()} of ${this.name.textContent}`)));
-    };
-    const link = (url) => el("a", { href: url, textContent: url.replace(location.origin, "") || url });
-    add(`Checksum (${answer.algorithm})`, el("code", { textContent: answer.checksum.blob }), answer.checksum.blob);
-    const url = answer.url || {};
-    if (url.blob) add("File", link(url.blob), url.blob);
-    if (url.decompressed) add("Decompressed", link(url.decompressed), url.decompressed);
-    if (url.archive) add("Tree", link(url.archive), url.archive);
-    for (const replica of url.replicas || []) add("Replica", link(replica), replica);
-    this.li.append(results);
-    if (answer.files != null) this.note(`Unpacked ${answer.files} file${answer.files === 1 ? "" : "s"} into the tree.`);
-    for (const skipped of answer.skipped || []) this.note(`Not filed: ${skipped}`);
+  if (config.replication.length) {
+    filing = new Filing(config.replication, document.getElementById("fields"), document.getElementById("where"));
+    document.getElementById("replication").hidden = false;
   }
 }
 
@@ -346,10 +180,9 @@ function pump() {
 }
 
 function enqueue(name, body, { kind, dedup, label }) {
-  const headers = filingHeaders();
+  const headers = filing ? filing.headers() : {};
   const row = new Row(label || name, body.size, kind);
-  const where = describePlaces(filingPlaces(headers));
-  if (where) row.where.textContent = where;
+  if (filing) row.where.textContent = filing.describe(headers);
   const job = { name, body, row, headers, dedup, cancelled: false, xhr: null };
   row.stop.addEventListener("click", () => {
     job.cancelled = true;
