@@ -83,6 +83,7 @@ class TreeBuilder:
         self.space_check = _SPACE_CHECK_EVERY
         self.batch: list[tuple[str, bytes, str]] = []
         self.fanout: set[str] = set()
+        self.blob_root = str(store.blobs)
         self.batch_bytes = 0
         self.in_flight = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _BATCH_BYTES)
         self.workers = _WORKERS if workers is None else workers
@@ -135,6 +136,8 @@ class TreeBuilder:
         return self.root + "/" + "/".join(path)
 
     def _mkdirs(self, paths: list[MemberPath]) -> None:
+        if not paths:
+            return
         with disk_full_as_store_full():
             for path in paths:
                 target = self._dest(path)
@@ -177,7 +180,8 @@ class TreeBuilder:
                 return
             chunks = iter((data,))
         hasher = self.store.new_hasher()
-        self._write_file(dest, self._counted(member.name, chunks), hasher)
+        with disk_full_as_store_full():
+            self._write_file(dest, self._counted(member.name, chunks), hasher)
         self._record(path, _File(dest, hasher.hexdigest()))
 
     def _write_small(self, path: MemberPath, dest: str, data: bytes) -> None:
@@ -228,9 +232,10 @@ class TreeBuilder:
 
     def _write_batch(self, batch: list[tuple[str, bytes, str]]) -> None:
         try:
-            for dest, data, digest in batch:
-                self._write_file(dest, (data,), None)
-                self._make_fanout(digest)
+            with disk_full_as_store_full():
+                for dest, data, digest in batch:
+                    self._write_file(dest, (data,), None)
+                    self._make_fanout(digest)
         finally:
             self.in_flight.release()
 
@@ -239,26 +244,28 @@ class TreeBuilder:
 
         An empty directory under blob/ shows nothing half-written; the link comes later.
         """
-        parent = os.path.dirname(self.store.blob_path(digest))
+        parent = self._blob_of(digest).rsplit("/", 1)[0]
         if parent not in self.fanout:
-            with disk_full_as_store_full():
-                os.makedirs(parent, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
             self.fanout.add(parent)
+
+    def _blob_of(self, digest: str) -> str:
+        """store.blob_path() as a string: this runs once or twice per file."""
+        return f"{self.blob_root}/{digest[:2]}/{digest[2:4]}/{digest}"
 
     @staticmethod
     def _write_file(dest: str, chunks: Iterable[bytes], hasher: hashlib._Hash | None) -> None:
-        with disk_full_as_store_full():
-            fd = os.open(dest, _NEW_FILE, 0o600)
-            try:
-                for chunk in chunks:
-                    if hasher is not None:
-                        hasher.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                os.fchmod(fd, 0o444)
-            finally:
-                os.close(fd)
+        fd = os.open(dest, _NEW_FILE, 0o600)
+        try:
+            for chunk in chunks:
+                if hasher is not None:
+                    hasher.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fchmod(fd, 0o444)
+        finally:
+            os.close(fd)
 
     def _too_big(self, name: str) -> UnsafeArchive:
         return refuse(
@@ -295,51 +302,49 @@ class TreeBuilder:
 
     def _link_blob(self, numbered: tuple[int, _File]) -> None:
         index, record = numbered
-        blob = record.blob = str(self.store.blob_path(record.digest))
-        with disk_full_as_store_full():
-            try:
-                _link_making_parent(record.path, blob)
-                return
-            except FileExistsError:
-                pass
-            if not self.store.trusts_digest and not same_bytes(Path(record.path), Path(blob)):
-                log.error(
-                    "checksum collision: %s %s in an archive differs from the stored blob",
-                    self.store.algorithm,
-                    record.digest,
-                )
-                raise ChecksumCollision(
-                    f"{self.store.algorithm} {record.digest} is already stored with different "
-                    "content; the stored blob is kept and this archive is not extracted"
-                )
-            if blob in self.saturated:
-                return
-            swap = f"{self.root}.swap{index}"
-            try:
-                os.link(blob, swap)
-            except OSError as exc:
-                if exc.errno != errno.EMLINK:
-                    raise
-                # The blob has all the links the file system allows; ours stays, a copy.
-                self.saturated.add(blob)
-                return
-            os.replace(swap, record.path)
+        blob = record.blob = self._blob_of(record.digest)
+        try:
+            _link_making_parent(record.path, blob)
+            return
+        except FileExistsError:
+            pass
+        if not self.store.trusts_digest and not same_bytes(Path(record.path), Path(blob)):
+            log.error(
+                "checksum collision: %s %s in an archive differs from the stored blob",
+                self.store.algorithm,
+                record.digest,
+            )
+            raise ChecksumCollision(
+                f"{self.store.algorithm} {record.digest} is already stored with different "
+                "content; the stored blob is kept and this archive is not extracted"
+            )
+        if blob in self.saturated:
+            return
+        swap = f"{self.root}.swap{index}"
+        try:
+            os.link(blob, swap)
+        except OSError as exc:
+            if exc.errno != errno.EMLINK:
+                raise
+            # The blob has all the links the file system allows; ours stays, a copy.
+            self.saturated.add(blob)
+            return
+        os.replace(swap, record.path)
 
     def _place(self, link: tuple[str, _File]) -> None:
         """Another name of a file: a link of its blob, or a copy once the blob has EMLINK."""
         dest, record = link
-        with disk_full_as_store_full():
-            if record.blob not in self.saturated:
-                try:
-                    os.link(record.blob, dest)
-                    return
-                except OSError as exc:
-                    if exc.errno != errno.EMLINK:
-                        raise
-                    self.saturated.add(record.blob)
-            # Written in the tree, which the final flush covers before it is published.
-            with open(record.blob, "rb") as source:
-                self._write_file(dest, iter(lambda: source.read(_SMALL_FILE), b""), None)
+        if record.blob not in self.saturated:
+            try:
+                os.link(record.blob, dest)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    raise
+                self.saturated.add(record.blob)
+        # Written in the tree, which the final flush covers before it is published.
+        with open(record.blob, "rb") as source:
+            self._write_file(dest, iter(lambda: source.read(_SMALL_FILE), b""), None)
 
 
 def _link_making_parent(source: str, dest: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bucketdav.archive_members import Kind, Layout, member_path
+from bucketdav.archive_tree import TreeBuilder
 from bucketdav.archives import classify, unpack
 from bucketdav.errors import StoreFull, UnsafeArchive
 from bucketdav.store import Store
@@ -636,3 +637,9 @@ def test_archives_disk_full_while_extracting_is_store_full_and_leaves_nothing(st
     monkeypatch.undo()
     assert_no_tree_left(store)
     assert store.find(outcome.blob.digest) is not None
+
+
+def test_archives_tree_builder_names_blobs_as_the_store_does(store):
+    digest = hashlib.md5(b"name").hexdigest()  # noqa: S324 - md5 store
+    builder = TreeBuilder(store, store.staging, max_bytes=1, max_files=1, workers=0)
+    assert builder._blob_of(digest) == str(store.blob_path(digest))
