@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,8 @@ MAX_BODY = 64 << 10
 _CLOSE = (("Connection", "close"),)
 # A browser listing shows checksums of files that are not blobs while hashing stays cheap.
 LISTING_HASH_BUDGET = 16 << 20
+# Listings show member counts only when there are at most this many folders to count.
+LISTING_COUNT_FOLDERS = 200
 FINITE_DEPTH = (
     b'<?xml version="1.0" encoding="utf-8"?>\n'
     b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
@@ -113,6 +116,14 @@ def read_bounded(environ: dict[str, Any], limit: int) -> bytes | None:
         return stream.read(length)
     data = stream.read(limit + 1)
     return None if len(data) > limit else data
+
+
+def _member_count(real: str) -> int | None:
+    """How many entries a folder holds, or None when it cannot be read."""
+    try:
+        return len(os.listdir(real))
+    except OSError:
+        return None
 
 
 def _replace_body(environ: dict[str, Any], body: bytes) -> None:
@@ -240,6 +251,9 @@ class DavApp:
                 start_response, "301 Moved Permanently", f"see {href}\n", [("Location", href)]
             )
         budget = [LISTING_HASH_BUDGET]
+        children = list(self.tree.children(node))
+        # Counting a folder's members is one listdir each: cheap for a page of a few folders.
+        counted = sum(child.is_dir for child in children) <= LISTING_COUNT_FOLDERS
         entries = [
             listing.Entry(
                 name=child.name,
@@ -248,9 +262,9 @@ class DavApp:
                 size=None if child.is_dir else child.size,
                 mtime=child.mtime,
                 checksum=self.tree.checksum(child, budget),
-                count=None,
+                count=_member_count(child.real) if child.is_dir and counted else None,
             )
-            for child in self.tree.children(node)
+            for child in children
         ]
         page = listing.render_listing(
             path=node.path.rstrip("/") + "/", entries=entries, upload_url="/upload"

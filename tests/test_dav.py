@@ -412,6 +412,16 @@ def test_dav_browser_listing_escapes_names_and_links_upload(fast_dav, layout):
     assert fast_dav.head(layout.tree_url + "/").body == b""
 
 
+def test_dav_browser_listing_counts_folder_members(fast_dav, layout):
+    folder = layout.tree / "three"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / name).write_bytes(b"x")
+    text = fast_dav.get(layout.tree_url + "/").text
+    row = next(line for line in text.split("<tr") if ">three/<" in line or ">three<" in line)
+    assert "3 items" in row
+
+
 def test_dav_browser_listing_of_folder_without_slash_redirects(fast_dav, layout):
     resp = fast_dav.get(layout.tree_url, status=301)
     assert resp.headers["Location"] == layout.tree_url + "/"
