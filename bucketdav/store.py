@@ -12,7 +12,7 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,32 +92,51 @@ class Blob:
     created: bool = False
 
 
-class _HashPipe:
-    """Hashes chunks in a thread of its own; hashlib releases the GIL on large buffers."""
+class _Pipe:
+    """Runs `work` on each chunk in a thread of its own, in order; keeps the first error.
 
-    def __init__(self, hashers: list[hashlib._Hash]) -> None:
-        self.hashers = hashers
+    hashlib and os.write release the GIL, so hashing, writing and reading the next chunk
+    proceed at once. After an error the thread keeps taking chunks (dropping them), so the
+    feeding side never blocks; it sees the error at its next feed or at finish.
+    """
+
+    def __init__(self, work: Callable[[bytes], None], name: str) -> None:
+        self.work = work
+        self.error: BaseException | None = None
         self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPE_DEPTH)
-        self.thread = threading.Thread(target=self._run, name="hash", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while (chunk := self.chunks.get()) is not None:
-            for hasher in self.hashers:
-                hasher.update(chunk)
+            if self.error is None:
+                try:
+                    self.work(chunk)
+                except BaseException as exc:  # handed to the feeding thread
+                    self.error = exc
 
     def feed(self, chunk: bytes) -> None:
+        self.raise_error()
         self.chunks.put(chunk)
 
     def finish(self) -> None:
         if self.thread.is_alive():
             self.chunks.put(None)
             self.thread.join()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 @dataclass
 class StagedFile:
-    """A file being written in staging/, hashed in the same pass as it is written."""
+    """A file being written in staging/, hashed in the same pass as it is written.
+
+    Small chunks are hashed and written at once; from the first large chunk on, hashing and
+    writing each run in a thread of their own while the caller reads the next chunk.
+    """
 
     path: Path
     fd: int
@@ -125,48 +144,60 @@ class StagedFile:
     extra: dict[str, hashlib._Hash] = field(default_factory=dict)
     size: int = 0
     space_check: int = _SPACE_CHECK_EVERY
+    written: int = 0
     written_back: int = 0
     store: Store | None = None
-    pipe: _HashPipe | None = None
+    pipes: tuple[_Pipe, ...] = ()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append `data`, hashing it as it goes (in a second thread for large chunks)."""
         data = bytes(data) if not isinstance(data, bytes) else data
-        if self.pipe is None and len(data) >= _PIPE_MIN_CHUNK:
-            self.pipe = _HashPipe([self.hasher, *self.extra.values()])
-        if self.pipe is not None:
-            self.pipe.feed(data)
+        if not self.pipes and len(data) >= _PIPE_MIN_CHUNK:
+            self.pipes = (_Pipe(self._hash, "hash"), _Pipe(self._write, "write"))
+        if self.pipes:
+            for pipe in self.pipes:
+                pipe.feed(data)
         else:
-            self.hasher.update(data)
-            for extra in self.extra.values():
-                extra.update(data)
-        view = memoryview(data)
-        with disk_full_as_store_full():
-            while view:
-                view = view[os.write(self.fd, view) :]
+            self._hash(data)
+            self._write(data)
         self.size += len(data)
-        if self.size - self.written_back >= _WRITEBACK_EVERY and _sync_file_range is not None:
-            _sync_file_range(
-                self.fd, self.written_back, self.size - self.written_back, _SYNC_FILE_RANGE_WRITE
-            )
-            self.written_back = self.size
         if self.store is not None and self.size >= self.space_check:
             self.space_check = self.size + _SPACE_CHECK_EVERY
             self.store.check_space(0)
 
-    def finish_hashing(self) -> None:
-        """Wait until every chunk written so far is hashed."""
-        if self.pipe is not None:
-            self.pipe.finish()
+    def _hash(self, data: bytes) -> None:
+        self.hasher.update(data)
+        for extra in self.extra.values():
+            extra.update(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        with disk_full_as_store_full():
+            while view:
+                view = view[os.write(self.fd, view) :]
+        self.written += len(data)
+        if self.written - self.written_back >= _WRITEBACK_EVERY and _sync_file_range is not None:
+            _sync_file_range(
+                self.fd,
+                self.written_back,
+                self.written - self.written_back,
+                _SYNC_FILE_RANGE_WRITE,
+            )
+            self.written_back = self.written
+
+    def finish(self) -> None:
+        """Wait until every chunk given so far is hashed and written; raise what failed."""
+        for pipe in self.pipes:
+            pipe.finish()
 
     def hexdigest(self) -> str:
         """The digest of everything written so far."""
-        self.finish_hashing()
+        self.finish()
         return self.hasher.hexdigest()
 
     def extra_hexdigest(self, algorithm: str) -> str:
         """The digest in one of the extra algorithms asked for."""
-        self.finish_hashing()
+        self.finish()
         return self.extra[algorithm].hexdigest()
 
 
@@ -315,7 +346,8 @@ class Store:
         try:
             yield staged
         finally:
-            staged.finish_hashing()
+            with contextlib.suppress(Exception):
+                staged.finish()
             if staged.fd >= 0:
                 os.close(staged.fd)
             with contextlib.suppress(FileNotFoundError):

@@ -354,3 +354,29 @@ def test_upload_post_non_utf8_filename_is_kept_as_one_segment(client, store_root
     assert resp.json["filename"] == "caf%E9.txt"
     utf8 = body.replace(b"caf\xe9", "café".encode())
     assert post_raw(client, utf8, "multipart/form-data; boundary=b").json["filename"] == "café.txt"
+
+
+def test_upload_disk_full_in_the_writer_thread_is_507(client, store_root, monkeypatch):
+    import errno
+
+    real_write = os.write
+    written = [0]
+
+    def fills_up(fd, data):
+        if written[0] > 1024 * 1024:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written[0] += len(data)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", fills_up)
+    resp = client.put(
+        "/upload/big.bin",
+        params=b"z" * (4 * 1024 * 1024),
+        status=507,
+        content_type="application/octet-stream",
+    )
+    monkeypatch.undo()
+    assert_error(resp, 507)
+    assert written[0] > 256 * 1024  # large chunks went through the writer thread
+    assert files_under(store_root / "blob") == []
+    assert list((store_root / "staging").iterdir()) == []
