@@ -88,6 +88,9 @@ def member_path(name: str) -> MemberPath:
 def check_symlink_text(name: str, target: str) -> None:
     """Refuse a symlink target that is absolute or not a plain relative path."""
     _check_text(target, "link target")
+    if len(target.encode("utf-8")) >= MAX_PATH_BYTES:
+        # symlink() takes at most PATH_MAX - 1 bytes.
+        raise refuse(name, f"is a link whose target is {MAX_PATH_BYTES} bytes or longer")
     if target.startswith("/"):
         raise refuse(name, f"is a link to the absolute path '{shown(target)}'")
     if "\\" in target:

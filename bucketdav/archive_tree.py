@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SPACE_CHECK_EVERY = 16 << 20
+# The kernel refuses paths of PATH_MAX bytes or more (ENAMETOOLONG), NUL included.
+_PATH_MAX = 4096
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REFUSED_KINDS = frozenset({Kind.DEVICE, Kind.FIFO, Kind.SOCKET, Kind.OTHER})
 # Creating and linking files is mostly kernel time, which threads overlap; files up to
@@ -64,6 +66,7 @@ class TreeBuilder:
         max_bytes: int,
         max_files: int,
         workers: int | None = None,
+        final: Path | None = None,
     ) -> None:
         self.store = store
         self.root = str(root)
@@ -87,6 +90,9 @@ class TreeBuilder:
         self.batch_bytes = 0
         self.in_flight = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _BATCH_BYTES)
         self.workers = _WORKERS if workers is None else workers
+        # Every path must fit PATH_MAX here in staging/ and where the tree will be renamed to.
+        longer_there = len(os.fsencode(final)) - len(os.fsencode(root)) if final else 0
+        self.path_room = _PATH_MAX - 1 - max(0, longer_there)
         self.pool = ThreadPoolExecutor(max(self.workers, 1), thread_name_prefix="extract")
 
     @property
@@ -121,6 +127,12 @@ class TreeBuilder:
                 f"is a {member.kind.value}; only files, directories and links are extracted",
             )
         path = member_path(member.name)
+        if path and len(self._dest(path).encode("utf-8")) > self.path_room:
+            raise refuse(
+                member.name,
+                f"is too deep to store: inside the store its path would pass the system's "
+                f"limit of {_PATH_MAX} bytes",
+            )
         if member.kind is Kind.HARDLINK:
             self._add_hardlink(member, path)
         elif member.kind is Kind.SYMLINK:

@@ -110,7 +110,7 @@ def extract(
         return Tree(blob.digest, final, count_files(final), created=False)
     members: Callable[[Path, str], Iterator[Member]] = tar_members if kind == "tar" else zip_members
     with store.staging_dir() as root:
-        builder = TreeBuilder(store, root, max_bytes=max_bytes, max_files=max_files)
+        builder = TreeBuilder(store, root, max_bytes=max_bytes, max_files=max_files, final=final)
         builder.build(members(blob.path, name))
         created = publish(root, final)
     if not created:

@@ -643,3 +643,15 @@ def test_archives_tree_builder_names_blobs_as_the_store_does(store):
     digest = hashlib.md5(b"name").hexdigest()  # noqa: S324 - md5 store
     builder = TreeBuilder(store, store.staging, max_bytes=1, max_files=1, workers=0)
     assert builder._blob_of(digest) == str(store.blob_path(digest))
+
+
+def test_archives_member_too_deep_for_the_store_is_refused_before_writing(store):
+    name = "/".join(["d"] * 2040) + "/f.txt"  # within 4096 bytes, not below the store
+    assert len(name) < 4096
+    message = refused(store, tar_bytes([F(name)]), member=name, name="deep.tar")
+    assert "too deep" in message
+
+
+def test_archives_symlink_target_of_path_max_is_refused(store):
+    message = refused(store, tar_bytes([S("l", "a/" * 2048)]), member="l", name="long.tar")
+    assert "4096 bytes or longer" in message
