@@ -645,11 +645,17 @@ def test_archives_tree_builder_names_blobs_as_the_store_does(store):
     assert builder._blob_of(digest) == str(store.blob_path(digest))
 
 
-def test_archives_member_too_deep_for_the_store_is_refused_before_writing(store):
-    name = "/".join(["d"] * 2040) + "/f.txt"  # within 4096 bytes, not below the store
+def test_archives_member_too_long_for_the_store_is_refused_before_writing(store):
+    name = "/".join(["d" * 200] * 20) + "/f.txt"  # within 4096 bytes, not below the store
     assert len(name) < 4096
-    message = refused(store, tar_bytes([F(name)]), member=name, name="deep.tar")
+    message = refused(store, tar_bytes([F(name)]), member=name, name="long.tar")
     assert "too deep" in message
+
+
+def test_archives_member_nested_too_deep_is_refused(store):
+    name = "/".join(["d"] * 201)
+    message = refused(store, tar_bytes([F(name)]), member=name, name="deep.tar")
+    assert "more than 200 directories deep" in message
 
 
 def test_archives_symlink_target_of_path_max_is_refused(store):
