@@ -10,8 +10,6 @@ from bucketdav.errors import UnsafeArchive
 
 MAX_SEGMENT_BYTES = 255
 MAX_PATH_BYTES = 4096
-# Far deeper than real trees; much deeper ones break recursive tools (rmtree, walkers).
-MAX_DEPTH = 200
 # Linux gives up after 40 symlinks in one lookup; so do we, which also catches loops.
 MAX_SYMLINK_HOPS = 40
 
@@ -78,8 +76,6 @@ def member_path(name: str) -> MemberPath:
     segments = tuple(s for s in name.split("/") if s not in ("", "."))
     if ".." in segments:
         raise refuse(name, "climbs out with '..'")
-    if len(segments) > MAX_DEPTH:
-        raise refuse(name, f"is nested more than {MAX_DEPTH} directories deep")
     for segment in segments:
         if (
             len(segment) * 4 > MAX_SEGMENT_BYTES
