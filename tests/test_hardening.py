@@ -252,11 +252,6 @@ def test_hardening_many_ranges_are_answered_without_5xx(live_server):
     assert live_server.request("GET", "/healthz").status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="archive_tree.py: a member path that fits 4096 bytes but not below staging/ "
-    "raises ENAMETOOLONG as a 500 (reported to the lead)",
-)
 def test_hardening_archive_path_too_long_for_the_disk_is_422_not_500(make_client, store_root):
     client = make_client()
     buf = io.BytesIO()
