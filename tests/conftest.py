@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,21 @@ class LiveServer:
     def log(self) -> str:
         """Everything the server has logged so far."""
         return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
+
+    def settled_log(self, *, timeout: float = 15) -> str:
+        """The log once every line of the requests answered so far is written.
+
+        Log lines go out through a queue; a marked request is logged after all earlier ones,
+        so once its line is there, so are theirs.
+        """
+        marker = f"settle={uuid.uuid4().hex}"
+        self.request("GET", f"/healthz?{marker}")
+        deadline = time.monotonic() + timeout
+        while marker not in (text := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server did not log {marker} within {timeout}s")
+            time.sleep(0.02)
+        return text
 
     def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
         """A new HTTP connection to the server."""

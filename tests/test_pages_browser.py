@@ -145,7 +145,7 @@ def test_upload_page_two_files_reach_done_with_working_links(live_server, open_t
         (blob,) = tab.links(row, "File")
         assert _get(live_server, blob) == data
         assert row.locator("button.copy").count() == 2
-    log = live_server.log()
+    log = live_server.settled_log()
     assert re.search(r'"PUT /upload/one\.bin HTTP/1\.1" 200', log)
     assert re.search(r'"PUT /upload/two\.txt HTTP/1\.1" 200', log)
 
@@ -175,7 +175,7 @@ def test_upload_page_folder_becomes_a_tree(live_server, open_tab, tmp_path):
     for rel, data in members.items():
         path = urlsplit(tree).path + quote(f"results/{rel}")
         assert live_server.request("GET", path).body == data
-    assert re.search(r'"PUT /upload/results\.tar HTTP/1\.1" 200', live_server.log())
+    assert re.search(r'"PUT /upload/results\.tar HTTP/1\.1" 200', live_server.settled_log())
 
 
 def test_upload_page_files_replicas_under_the_header_fields(
@@ -213,7 +213,7 @@ def test_upload_page_refuses_an_oversized_file_with_the_limit(live_server_factor
     tab.wait_rows(1, "failed")
     error = tab.rows("failed").first.locator(".error")
     assert "MAX_CONTENT_LENGTH 1kb" in error.inner_text()
-    assert "PUT /upload/big.bin" not in server.log()
+    assert "PUT /upload/big.bin" not in server.settled_log()
 
 
 def test_upload_page_without_javascript_posts_the_form(live_server_factory, open_tab):
@@ -248,7 +248,7 @@ def test_upload_page_deploys_known_content_by_checksum(live_server_factory, open
     row = tab.rows("done").first
     assert "deployed by checksum, no bytes sent" in row.inner_text()
     assert digest in row.inner_text()
-    log = server.log()
+    log = server.settled_log()
     assert f"deploy by checksum {algorithm}={digest}" in log
     assert f'"HEAD /checksum/{digest} HTTP/1.1" 200' in log
     assert len(re.findall(r'"PUT /upload/again\.bin HTTP/1\.1" 200', log)) == 1
@@ -262,7 +262,7 @@ def test_upload_page_sends_new_content_with_its_checksum(live_server, open_tab):
     tab.wait_rows(1)
     assert "deployed by checksum" not in tab.rows("done").first.inner_text()
     digest = md5(data)
-    log = live_server.log()
+    log = live_server.settled_log()
     assert f'"HEAD /checksum/{digest} HTTP/1.1" 404' in log
     assert re.search(rf"upload new\.txt md5={digest} size={len(data)} new=True", log)
 
@@ -548,7 +548,7 @@ def test_upload_page_retries_when_the_server_is_busy(live_server_factory, open_t
         holder.join(timeout=30)
     assert conn.getresponse().status == 200
     conn.close()
-    assert '"PUT /upload/quick.txt HTTP/1.1" 503' in server.log()
+    assert '"PUT /upload/quick.txt HTTP/1.1" 503' in server.settled_log()
 
 
 def test_upload_page_cancels_waiting_and_running_uploads(live_server, open_tab):
@@ -570,7 +570,7 @@ def test_upload_page_cancels_waiting_and_running_uploads(live_server, open_tab):
     cancelled = page.locator("#uploads li.cancelled .name").all_inner_texts()
     assert sorted(cancelled) == ["file0.bin", "queued.txt"]
     assert page.locator("#uploads li.done .name").all_inner_texts() == ["file1.bin", "file2.bin"]
-    log = live_server.log()
+    log = live_server.settled_log()
     assert "queued.txt" not in log
     assert not re.search(r'"PUT /upload/file0\.bin HTTP/1\.1" 200', log)
     stored = [live_server.request("HEAD", f"/checksum/{md5(f['buffer'])}").status for f in files]
