@@ -192,7 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
         "timeout",
         "30",
         _seconds,
-        "Seconds a connection may stay silent before it is closed.",
+        "Seconds a connection may stay silent, or take to send its request head; a body "
+        "bringing under 16 KiB in that time is cut off (408).",
     ),
 )
 
