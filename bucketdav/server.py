@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -184,6 +185,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _force_exit() -> None:
+    log.error("requests still running after the shutdown timeout; exiting anyway")
+    logging.shutdown()
+    os._exit(1)
+
+
 def serve(settings: Settings) -> None:
     """Open the store and serve until SIGINT or SIGTERM, then finish requests in flight."""
     store = Store(settings.archive_dir, settings.checksum_type, min_free=settings.min_free)
@@ -205,5 +212,11 @@ def serve(settings: Settings) -> None:
     except KeyboardInterrupt:
         log.info("stopping: finishing requests in flight")
     finally:
+        # A request stuck somewhere other than the socket would keep Cheroot's stop waiting
+        # for ever; the store is safe to leave at any point, so give up after a while.
+        deadline = threading.Timer(settings.timeout + 10, _force_exit)
+        deadline.daemon = True
+        deadline.start()
         server.stop()
+        deadline.cancel()
         log.info("stopped")
