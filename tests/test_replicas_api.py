@@ -13,13 +13,8 @@ from urllib.parse import quote, urlsplit
 import pytest
 from helpers import multipart_body
 
-from bucketdav import uploads
-
 TEMPLATES = {"REPLICATE_0": "user/${Username}/${Topic}"}
 BOB = {"Username": "bob", "Topic": "demo"}
-needs_archives = pytest.mark.skipif(
-    not hasattr(uploads, "unpack"), reason="the archive step (issue 3) has not landed"
-)
 
 
 def put(client, name, data, headers, *, status=200):
@@ -166,7 +161,6 @@ def test_upload_header_value_that_is_not_utf8_is_not_a_5xx(make_client, store_ro
     assert resp.json["path"]["replicas"][0].startswith("replica/user/bob/b%FFb/")
 
 
-@needs_archives
 def test_upload_archive_replica_is_a_browsable_tree_named_without_suffix(make_client, store_root):
     client = make_client(**TEMPLATES)
     data = tgz({"site/index.html": b"<h1>one</h1>", "notes.txt": b"notes"})
@@ -183,7 +177,6 @@ def test_upload_archive_replica_is_a_browsable_tree_named_without_suffix(make_cl
     )
 
 
-@needs_archives
 def test_upload_archive_latest_moves_to_the_newest_tree(make_client, store_root):
     client = make_client(**TEMPLATES)
     put(client, "results.tgz", tgz({"v.txt": b"1"}), BOB)
@@ -194,7 +187,6 @@ def test_upload_archive_latest_moves_to_the_newest_tree(make_client, store_root)
     assert client.get("/replica/user/bob/demo/results.latest/v.txt").body == b"2"
 
 
-@needs_archives
 def test_upload_compressed_file_replica_keeps_its_name(make_client, store_root):
     client = make_client(**TEMPLATES)
     body = put(client, "data.json.gz", gzip.compress(b'{"a": 1}'), BOB).json
@@ -215,7 +207,6 @@ def test_upload_replica_folder_lists_over_propfind(make_client):
     assert "/replica/user/bob/demo/a.latest.txt" in resp.text
 
 
-@needs_archives
 def test_upload_archive_latest_shows_as_a_folder_over_propfind(make_client):
     client = make_client(**TEMPLATES)
     name = put(client, "results.tgz", tgz({"v.txt": b"1"}), BOB).json["path"]["replicas"][0]
