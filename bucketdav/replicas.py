@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from bucketdav.errors import StoreFull
 from bucketdav.naming import ARCHIVE_SUFFIXES, split_suffix
-from bucketdav.store import Store
+from bucketdav.store import FULL_ERRNOS, Store
 from bucketdav.templates import Template, TemplateSkipped, render_template
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ STAMP_FORMAT = "%Y%m%d.%H%M"
 # A tree's replica is named without these: `results.tar.gz` and `results.gz` give `results`.
 TREE_SUFFIXES = frozenset(ARCHIVE_SUFFIXES) | {".gz", ".bz2", ".xz"}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class ReplicaRefused(Exception):
@@ -144,7 +143,7 @@ def make_replica(
             note = _point_latest(fd, series, name, staging=store.staging)
             os.fsync(fd)
     except (OSError, StoreFull) as exc:
-        if isinstance(exc, StoreFull) or exc.errno in _FULL_ERRNOS:
+        if isinstance(exc, StoreFull) or exc.errno in FULL_ERRNOS:
             raise StoreFull(
                 f"the store's disk is full: the replica in {shown}/ could not be made "
                 "(the content itself is stored); retry once space is freed"

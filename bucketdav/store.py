@@ -39,7 +39,7 @@ STRONG_ALGORITHMS = frozenset(
         "sha3_512",
     }
 )
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _TREE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Inodes an upload may need (staging file, fan-out folders, replica names); with fewer free,
 # uploads are refused and /healthz fails, as below the byte watermark.
@@ -68,7 +68,7 @@ def disk_full_as_store_full() -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in _FULL_ERRNOS:
+        if exc.errno in FULL_ERRNOS:
             raise StoreFull("the store's disk is full; nothing of this upload was kept") from exc
         raise
 
