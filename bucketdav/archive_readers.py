@@ -73,11 +73,17 @@ def malformed(name: str, *, what: str = "archive member") -> Iterator[None]:
 
 
 class _CappedReader:
-    """A file for tarfile that refuses single reads too big to be a header."""
+    """A file for tarfile that refuses single reads too big to be a header.
 
-    def __init__(self, raw: BinaryIO, archive: str) -> None:
+    It keeps its own position, so tarfile's frequent tell() costs no system call, and
+    waits through `follow` for bytes that a decompressing thread has yet to write.
+    """
+
+    def __init__(self, raw: BinaryIO, archive: str, follow: Callable[[int], None]) -> None:
         self.raw = raw
         self.archive = archive
+        self.follow = follow
+        self.position = 0
         self.mode = "rb"
 
     def read(self, size: int = -1) -> bytes:
@@ -85,13 +91,17 @@ class _CappedReader:
             raise refuse(
                 self.archive, f"has a header of more than {MAX_HEADER_READ} bytes", what="archive"
             )
-        return self.raw.read(size)
+        self.follow(self.position + size)
+        data = self.raw.read(size)
+        self.position += len(data)
+        return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self.raw.seek(offset, whence)
+        self.position = self.raw.seek(offset, whence)
+        return self.position
 
     def tell(self) -> int:
-        return self.raw.tell()
+        return self.position
 
 
 def _tar_kind(info: tarfile.TarInfo) -> Kind:
@@ -110,13 +120,23 @@ def _tar_kind(info: tarfile.TarInfo) -> Kind:
     return Kind.OTHER
 
 
-def tar_members(path: Path, archive: str) -> Iterator[Member]:
-    """The members of the plain tar at `path`, in order, each readable while it is current."""
+def _present(end: int) -> None:
+    """The follow() of a finished file: every byte is there already."""
+
+
+def tar_members(
+    path: Path, archive: str, follow: Callable[[int], None] = _present
+) -> Iterator[Member]:
+    """The members of the plain tar at `path`, in order, each readable while it is current.
+
+    `follow(end)` returns once the file holds `end` bytes or will not grow any more; it
+    lets the members be read while the file is still being written.
+    """
     with open(path, "rb") as raw:
         fd = raw.fileno()
         with malformed(archive, what="archive"):
             tar = tarfile.open(  # noqa: SIM115 - closed with `raw`, read member by member
-                fileobj=_CappedReader(raw, archive),
+                fileobj=_CappedReader(raw, archive, follow),
                 mode="r:",
                 encoding="utf-8",
                 errors="surrogateescape",
@@ -131,15 +151,19 @@ def tar_members(path: Path, archive: str) -> Iterator[Member]:
             if info.sparse is not None:
                 chunks = _tar_extracted(tar, info)
             else:
-                chunks = _tar_span(fd, info.name, info.offset_data, info.size)
+                chunks = _tar_span(fd, info.name, info.offset_data, info.size, follow)
             yield Member(info.name, _tar_kind(info), info.size, info.linkname, chunks)
+        follow(tar.offset + _TAR_BLOCK)
         _check_tar_end(fd, tar.offset, last)
 
 
-def _tar_span(fd: int, name: str, offset: int, size: int) -> Callable[[], Iterator[bytes]]:
+def _tar_span(
+    fd: int, name: str, offset: int, size: int, follow: Callable[[int], None]
+) -> Callable[[], Iterator[bytes]]:
     def chunks() -> Iterator[bytes]:
         position, left = offset, size
         while left:
+            follow(position + min(left, READ_SIZE))
             data = os.pread(fd, min(left, READ_SIZE), position)
             if not data:
                 raise refuse(name, "is cut short: the archive is truncated")

@@ -7,11 +7,8 @@ import errno
 import hashlib
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
 
 from bucketdav.archive_members import (
     Kind,
@@ -27,21 +24,16 @@ from bucketdav.errors import ChecksumCollision, UnsafeArchive
 from bucketdav.store import Store, disk_full_as_store_full, same_bytes
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _SPACE_CHECK_EVERY = 16 << 20
 # The kernel refuses paths of PATH_MAX bytes or more (ENAMETOOLONG), NUL included.
 _PATH_MAX = 4096
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REFUSED_KINDS = frozenset({Kind.DEVICE, Kind.FIFO, Kind.SOCKET, Kind.OTHER})
-# Creating and linking files is mostly kernel time, which threads overlap; files up to
-# this size are read whole and written by a worker, larger ones streamed in order.
-_WORKERS = 4
+# Files up to this size are read whole; larger ones are streamed. Everything runs in the
+# request's thread: worker threads measured slower, each system call of theirs waiting
+# for the interpreter lock that the parsing thread holds.
 _SMALL_FILE = 1 << 20
-_IN_FLIGHT_BYTES = 32 << 20
-# Small files go to the workers in batches: one hand-over per batch, not per file.
-_BATCH_FILES = 64
-_BATCH_BYTES = 4 << 20
 
 
 class _File:
@@ -65,7 +57,6 @@ class TreeBuilder:
         *,
         max_bytes: int,
         max_files: int,
-        workers: int | None = None,
         final: Path | None = None,
     ) -> None:
         self.store = store
@@ -77,23 +68,15 @@ class TreeBuilder:
         self.written: list[_File] = []
         self.links: list[tuple[str, _File]] = []
         self.by_digest: dict[str, _File] = {}
-        self.pending: list[Future[None]] = []
-        self.checked = 0
         self.saturated: set[str] = set()
         self.dirs: list[str] = [self.root]
         self.members = 0
         self.bytes = 0
         self.space_check = _SPACE_CHECK_EVERY
-        self.batch: list[tuple[str, bytes, str]] = []
-        self.fanout: set[str] = set()
         self.blob_root = str(store.blobs)
-        self.batch_bytes = 0
-        self.in_flight = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _BATCH_BYTES)
-        self.workers = _WORKERS if workers is None else workers
         # Every path must fit PATH_MAX here in staging/ and where the tree will be renamed to.
         longer_there = len(os.fsencode(final)) - len(os.fsencode(root)) if final else 0
         self.path_room = _PATH_MAX - 1 - max(0, longer_there)
-        self.pool = ThreadPoolExecutor(max(self.workers, 1), thread_name_prefix="extract")
 
     @property
     def files(self) -> int:
@@ -102,16 +85,13 @@ class TreeBuilder:
 
     def build(self, members: Iterable[Member]) -> None:
         """Check and write every member, then link each file to its blob; all in staging/."""
-        try:
-            for member in members:
-                self.add(member)
-            self.layout.check_symlinks()
-            for path, entry in self.layout.entries.items():
-                if entry.kind is Kind.SYMLINK:
-                    os.symlink(entry.target, self._dest(path))
-            self._link_blobs()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for member in members:
+            self.add(member)
+        self.layout.check_symlinks()
+        for path, entry in self.layout.entries.items():
+            if entry.kind is Kind.SYMLINK:
+                os.symlink(entry.target, self._dest(path))
+        self._link_blobs()
 
     def add(self, member: Member) -> None:
         """Decide `member` and, if it is safe, write it; UnsafeArchive otherwise."""
@@ -209,23 +189,8 @@ class TreeBuilder:
         record = _File(dest, digest)
         self.by_digest.setdefault(digest, record)
         self._record(path, record)
-        self.batch.append((dest, data, digest))
-        self.batch_bytes += len(data)
-        if len(self.batch) >= _BATCH_FILES or self.batch_bytes >= _BATCH_BYTES:
-            self._flush_batch()
-
-    def _flush_batch(self) -> None:
-        if self.batch:
-            self.in_flight.acquire()
-            if self.workers:
-                self.pending.append(self.pool.submit(self._write_batch, self.batch))
-            else:
-                self._write_batch(self.batch)
-            self.batch, self.batch_bytes = [], 0
-        # A worker that failed (disk full) stops the extraction now, not at the end.
-        while self.checked < len(self.pending) and self.pending[self.checked].done():
-            self.pending[self.checked].result()
-            self.checked += 1
+        with disk_full_as_store_full():
+            self._write_file(dest, (data,), None)
 
     def _record(self, path: MemberPath, record: _File) -> None:
         self.records[path] = record
@@ -242,32 +207,14 @@ class TreeBuilder:
                 self.store.check_space(0)
             yield chunk
 
-    def _write_batch(self, batch: list[tuple[str, bytes, str]]) -> None:
-        try:
-            with disk_full_as_store_full():
-                for dest, data, digest in batch:
-                    self._write_file(dest, (data,), None)
-                    self._make_fanout(digest)
-        finally:
-            self.in_flight.release()
-
-    def _make_fanout(self, digest: str) -> None:
-        """Create the blob's fan-out directory now, while other threads parse and write.
-
-        An empty directory under blob/ shows nothing half-written; the link comes later.
-        """
-        parent = self._blob_of(digest).rsplit("/", 1)[0]
-        if parent not in self.fanout:
-            os.makedirs(parent, exist_ok=True)
-            self.fanout.add(parent)
-
     def _blob_of(self, digest: str) -> str:
         """store.blob_path() as a string: this runs once or twice per file."""
         return f"{self.blob_root}/{digest[:2]}/{digest[2:4]}/{digest}"
 
     @staticmethod
     def _write_file(dest: str, chunks: Iterable[bytes], hasher: hashlib._Hash | None) -> None:
-        fd = os.open(dest, _NEW_FILE, 0o600)
+        # Created read-only: the mode applies to later opens, this descriptor may write.
+        fd = os.open(dest, _NEW_FILE, 0o444)
         try:
             for chunk in chunks:
                 if hasher is not None:
@@ -275,7 +222,6 @@ class TreeBuilder:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
-            os.fchmod(fd, 0o444)
         finally:
             os.close(fd)
 
@@ -288,29 +234,16 @@ class TreeBuilder:
     def _link_blobs(self) -> None:
         """Flush the tree, then make every file its blob's inode (or a copy past EMLINK)."""
         with disk_full_as_store_full():
-            self._flush_batch()
-            for future in self.pending:
-                future.result()
             for directory in self.dirs:
                 os.chmod(directory, 0o755)
             # One flush of the file system instead of an fsync per file: no blob may
             # be linked in before its bytes are on disk.
             syncfs(self.root)
-            self._in_parallel(self._link_blob, list(enumerate(self.written)))
-            self._in_parallel(self._place, self.links)
+            for numbered in enumerate(self.written):
+                self._link_blob(numbered)
+            for link in self.links:
+                self._place(link)
             syncfs(self.root)
-
-    def _in_parallel(self, work: Callable[[T], None], items: list[T]) -> None:
-        """Run `work` on every item, in one slice of the items per worker."""
-
-        def run(part: list[T]) -> None:
-            for item in part:
-                work(item)
-
-        if not self.workers:
-            run(items)
-            return
-        list(self.pool.map(run, [items[i :: self.workers] for i in range(self.workers)]))
 
     def _link_blob(self, numbered: tuple[int, _File]) -> None:
         index, record = numbered
@@ -363,9 +296,22 @@ def _link_making_parent(source: str, dest: str) -> None:
     try:
         os.link(source, dest)
     except FileNotFoundError:
-        # The blob's fan-out directory is new; makedirs tolerates a racing twin.
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        _make_dir(os.path.dirname(dest))
         os.link(source, dest)
+
+
+def _make_dir(path: str) -> None:
+    """mkdir -p for a blob's fan-out directory, in one call when its parent exists.
+
+    os.makedirs asks first whether the path exists, a second system call for every
+    new directory; a racing twin (another upload) is no error.
+    """
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
 
 
 def syncfs(path: str | Path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import errno
 import gzip
 import logging
 import lzma
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -15,6 +17,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 from bucketdav.archive_members import refuse
 from bucketdav.archive_readers import Member, malformed, tar_members, zip_members
 from bucketdav.archive_tree import TreeBuilder
+from bucketdav.errors import UnsafeArchive
 from bucketdav.store import Blob, Store, disk_full_as_store_full, fsync_dir
 
 if TYPE_CHECKING:
@@ -69,7 +72,15 @@ def unpack(store: Store, outcome: Outcome, *, max_bytes: int, max_files: int) ->
     source = outcome.blob
     kind = kind_of(source.path)
     if kind in COMPRESSED:
-        outcome.decompressed = decompress(store, source, kind, max_bytes=max_bytes, name=name)
+        with Inflation(store, source, kind, max_bytes=max_bytes, name=name) as inflation:
+            if source.created and inflation.kind() == "tar":
+                # New content: its tar is extracted while it is being decompressed. (Known
+                # content may have its tree already, which only the tar's digest can tell.)
+                outcome.archive = _extract_inflating(
+                    inflation, outcome, max_bytes=max_bytes, max_files=max_files
+                )
+                return
+            outcome.decompressed = inflation.commit()
         source = outcome.decompressed
         kind = kind_of(source.path)
     if kind in ARCHIVES:
@@ -78,25 +89,120 @@ def unpack(store: Store, outcome: Outcome, *, max_bytes: int, max_files: int) ->
         )
 
 
-def decompress(store: Store, blob: Blob, kind: str, *, max_bytes: int, name: str) -> Blob:
-    """Decompress the gzip, bzip2 or xz `blob` into a blob of its own, refusing past `max_bytes`."""
-    with open(blob.path, "rb") as raw, store.staged() as staged:
-        with malformed(name, what="compressed file"):
-            stream = _OPENERS[kind](raw)
-        with stream:
-            while True:
-                with malformed(name, what="compressed file"):
-                    data = stream.read(READ_SIZE)
-                if not data:
-                    break
-                if staged.size + len(data) > max_bytes:
-                    raise refuse(
-                        name,
-                        f"expands to more than BUCKETDAV_EXTRACT_MAX_BYTES ({max_bytes} bytes)",
-                        what="compressed file",
-                    )
-                staged.write(data)
-        return store.commit(staged)
+class Inflation:
+    """Decompresses a blob into staging/ in a thread of its own; readers may follow behind.
+
+    Used as a context manager: entering starts the thread, leaving stops it and removes
+    the staged file unless commit() made it a blob.
+    """
+
+    def __init__(self, store: Store, blob: Blob, kind: str, *, max_bytes: int, name: str) -> None:
+        self.store = store
+        self.blob = blob
+        self.opener = _OPENERS[kind]
+        self.max_bytes = max_bytes
+        self.name = name
+        self.progress = threading.Condition()
+        self.size = 0
+        self.done = False
+        self.stopping = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="inflate", daemon=True)
+        self.exits = contextlib.ExitStack()
+
+    def __enter__(self) -> Inflation:
+        self.staged = self.exits.enter_context(self.store.staged())
+        self.staged.on_written = self._written
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping = True
+        self.thread.join()
+        self.exits.close()
+
+    @property
+    def path(self) -> Path:
+        """The staged file the decompressed bytes go to."""
+        return self.staged.path
+
+    def _run(self) -> None:
+        try:
+            with open(self.blob.path, "rb") as raw:
+                with malformed(self.name, what="compressed file"):
+                    stream = self.opener(raw)
+                with stream:
+                    while not self.stopping:
+                        with malformed(self.name, what="compressed file"):
+                            data = stream.read(READ_SIZE)
+                        if not data:
+                            break
+                        if self.staged.size + len(data) > self.max_bytes:
+                            raise refuse(
+                                self.name,
+                                f"expands to more than BUCKETDAV_EXTRACT_MAX_BYTES "
+                                f"({self.max_bytes} bytes)",
+                                what="compressed file",
+                            )
+                        self.staged.write(data)
+            self.staged.finish()
+        except BaseException as exc:  # handed to the thread that commits
+            self.error = exc
+        finally:
+            with self.progress:
+                self.done = True
+                self.progress.notify_all()
+
+    def _written(self, size: int) -> None:
+        with self.progress:
+            self.size = size
+            self.progress.notify_all()
+
+    def follow(self, end: int) -> None:
+        """Return once the staged file holds `end` bytes, or will not grow any more."""
+        with self.progress:
+            while self.size < end and not self.done:
+                self.progress.wait()
+
+    def kind(self) -> str | None:
+        """classify() of the decompressed bytes, as soon as the first of them are written."""
+        self.follow(HEAD_SIZE)
+        with open(self.path, "rb") as handle:
+            return classify(handle.read(HEAD_SIZE))
+
+    def wait(self) -> None:
+        """Wait for the whole file; raise what stopped the decompression, if anything did."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def commit(self) -> Blob:
+        """The decompressed blob, once it is whole."""
+        self.wait()
+        return self.store.commit(self.staged)
+
+
+def _extract_inflating(
+    inflation: Inflation, outcome: Outcome, *, max_bytes: int, max_files: int
+) -> Tree:
+    """Extract the tar that `inflation` is writing, following it; commits it as a blob too.
+
+    A refusal waits for the decompression to end, as if it had come first: a fault of the
+    compressed file is named before one of the tar, and a tar refused by its members is
+    still kept as the decompressed blob.
+    """
+    members = tar_members(inflation.path, inflation.name, follow=inflation.follow)
+
+    def finish() -> Blob:
+        outcome.decompressed = inflation.commit()
+        return outcome.decompressed
+
+    try:
+        return _extract(inflation.store, members, finish, max_bytes=max_bytes, max_files=max_files)
+    except UnsafeArchive:
+        if outcome.decompressed is None:
+            outcome.decompressed = inflation.commit()
+        raise
 
 
 def extract(
@@ -109,9 +215,32 @@ def extract(
     if final.is_dir():
         return Tree(blob.digest, final, count_files(final), created=False)
     members: Callable[[Path, str], Iterator[Member]] = tar_members if kind == "tar" else zip_members
+    return _extract(
+        store, members(blob.path, name), lambda: blob, max_bytes=max_bytes, max_files=max_files
+    )
+
+
+def _extract(
+    store: Store,
+    members: Iterator[Member],
+    finish: Callable[[], Blob],
+    *,
+    max_bytes: int,
+    max_files: int,
+) -> Tree:
+    """Build the tree of `members` in staging/ and rename it in under the archive's digest.
+
+    `finish()` gives the archive's blob once every member is written.
+    """
+    from bucketdav.uploads import Tree
+
     with store.staging_dir() as root:
-        builder = TreeBuilder(store, root, max_bytes=max_bytes, max_files=max_files, final=final)
-        builder.build(members(blob.path, name))
+        # Any digest of the store's algorithm names a path of the same length.
+        longest = store.tree_path("0" * 2 * store.digest_size)
+        builder = TreeBuilder(store, root, max_bytes=max_bytes, max_files=max_files, final=longest)
+        builder.build(members)
+        blob = finish()
+        final = store.tree_path(blob.digest)
         created = publish(root, final)
     if not created:
         log.info(

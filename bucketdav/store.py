@@ -148,6 +148,8 @@ class StagedFile:
     written_back: int = 0
     store: Store | None = None
     pipes: tuple[_Pipe, ...] = ()
+    # Told the size on disk after every write, so a reader can follow the file as it grows.
+    on_written: Callable[[int], None] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append `data`, hashing it as it goes (in a second thread for large chunks)."""
@@ -184,6 +186,8 @@ class StagedFile:
                 _SYNC_FILE_RANGE_WRITE,
             )
             self.written_back = self.written
+        if self.on_written is not None:
+            self.on_written(self.written)
 
     def finish(self) -> None:
         """Wait until every chunk given so far is hashed and written; raise what failed."""

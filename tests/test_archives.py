@@ -641,7 +641,7 @@ def test_archives_disk_full_while_extracting_is_store_full_and_leaves_nothing(st
 
 def test_archives_tree_builder_names_blobs_as_the_store_does(store):
     digest = hashlib.md5(b"name").hexdigest()  # noqa: S324 - md5 store
-    builder = TreeBuilder(store, store.staging, max_bytes=1, max_files=1, workers=0)
+    builder = TreeBuilder(store, store.staging, max_bytes=1, max_files=1)
     assert builder._blob_of(digest) == str(store.blob_path(digest))
 
 
