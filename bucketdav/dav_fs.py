@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # get a checksum when they are blobs (named by it), so one request never reads gigabytes.
 HASH_ON_DEMAND_MAX = 64 << 20
 CACHE_ENTRIES = 65536
+# Files under these trees never change once there (named by content, or inside an archive's
+# published tree), so a lookup of one is remembered: its folders need no lstat again.
+IMMUTABLE_TREES = ("/blob/", "/explode/")
+LOOKUP_CACHE_ENTRIES = 16384
 _HASH_BLOCK = 1 << 20
 # Content a browser would run or render as a document of this origin.
 # Control characters XML cannot carry, and the surrogates os.fsdecode makes of non-UTF-8 bytes.
@@ -142,9 +146,30 @@ class PublicTree:
         self.digest_len = hashlib.new(algorithm).digest_size * 2
         self.blobs = os.path.join(self.root, "blob") + os.sep
         self.cache = ChecksumCache(algorithm)
+        self.files: dict[str, Node] = {}
 
     def lookup(self, path: str) -> Node | None:
-        """The node at a decoded URL path, or None when it is missing, hidden or outside."""
+        """The node at a decoded URL path, or None when it is missing, hidden or outside.
+
+        Each lstat on the way releases the interpreter lock, which under load costs far more
+        than the call; files in the immutable trees are looked up once and remembered.
+        """
+        node = self.files.get(path)
+        if node is not None:
+            return node
+        node = self._lookup(path)
+        if node is not None and not node.is_dir and node.path.startswith(IMMUTABLE_TREES):
+            if len(self.files) >= LOOKUP_CACHE_ENTRIES:
+                self.files.clear()
+            self.files[path] = node
+        return node
+
+    def forget(self, node: Node) -> None:
+        """Drop the remembered lookups of a file that turned out to be gone (removed by hand)."""
+        for path in [path for path, known in self.files.items() if known is node]:
+            self.files.pop(path, None)
+
+    def _lookup(self, path: str) -> Node | None:
         parts = split_path(path)
         if parts is None:
             return None

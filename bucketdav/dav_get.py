@@ -240,6 +240,7 @@ def serve_file(
     try:
         fd = -1 if head else os.open(node.real, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
+        tree.forget(node)
         start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
         return [b"not found\n"]
     if head:

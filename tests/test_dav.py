@@ -432,3 +432,42 @@ def test_dav_decomposed_names_find_composed_files(fast_dav, layout):
     decomposed = quote(layout.tree_url + "/cafe\u0301.txt")
     assert fast_dav.get(decomposed).body == b"coffee"
     assert fast_dav.get(quote(layout.tree_url + "/cafe.txt"), status="*").status_int == 404
+
+
+def test_public_tree_remembers_immutable_files_only(layout, monkeypatch):
+    tree = PublicTree(str(layout.store.root), "md5")
+    blob_url = "/" + layout.store.relative(layout.hello.path)
+    tree_file = layout.tree_url + "/sub/hello.txt"
+    latest = "/replica/user/bob/hello.latest.txt"
+    for path in (blob_url, tree_file, latest, layout.tree_url):
+        assert tree.lookup(path) is not None
+    calls = []
+    real_lstat = os.lstat
+    monkeypatch.setattr(os, "lstat", lambda p, *a, **k: calls.append(p) or real_lstat(p, *a, **k))
+    assert tree.lookup(blob_url).real == str(layout.hello.path)
+    assert tree.lookup(tree_file).size == len(b"hello world\n")
+    assert calls == []  # files of blob/ and explode/: remembered
+    tree.lookup(latest)
+    tree.lookup(layout.tree_url)
+    assert calls  # replicas change (latest links) and folders gain members: looked up anew
+
+
+def test_public_tree_replica_latest_follows_a_new_target_at_once(layout):
+    tree = PublicTree(str(layout.store.root), "md5")
+    topic = layout.store.root / "replica" / "user" / "bob"
+    assert tree.lookup("/replica/user/bob/hello.latest.txt").size == len(b"hello world\n")
+    newer = layout.store.ingest([b"hello again, longer\n"])
+    layout.store.place(newer.path, topic / "hello.20260102.0000.0.txt")
+    os.symlink("hello.20260102.0000.0.txt", topic / "next")
+    os.replace(topic / "next", topic / "hello.latest.txt")
+    assert tree.lookup("/replica/user/bob/hello.latest.txt").size == len(b"hello again, longer\n")
+
+
+def test_dav_get_of_a_remembered_file_removed_by_hand_is_404(fast_dav, layout):
+    extra = layout.store.ingest([b"soon gone\n"])
+    url = "/" + layout.store.relative(extra.path)
+    assert fast_dav.get(url).body == b"soon gone\n"
+    os.chmod(extra.path.parent, 0o755)
+    os.unlink(extra.path)
+    fast_dav.get(url, status=404)
+    fast_dav.head(url, status=404)  # forgotten after the failed open
