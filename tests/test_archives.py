@@ -9,8 +9,10 @@ import hashlib
 import io
 import lzma
 import os
+import random
 import stat
 import tarfile
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -655,3 +657,58 @@ def test_archives_member_too_long_for_the_store_is_refused_before_writing(store)
 def test_archives_symlink_target_of_path_max_is_refused(store):
     message = refused(store, tar_bytes([S("l", "a/" * 2048)]), member="l", name="long.tar")
     assert "4096 bytes or longer" in message
+
+
+# -- a new compressed tar is extracted while it is decompressed ----------------------------
+
+
+def test_archives_tgz_larger_than_the_decompression_steps_round_trips(store):
+    # Several MiB of members: the reader waits for the decompressing thread many times.
+    rng = random.Random(3)
+    members = [F(f"d{i % 5}/f{i}.bin", rng.randbytes(rng.randrange(1, 300_000))) for i in range(60)]
+    data = tar_bytes(members, compression="gz")
+    outcome = run(store, data, "big.tgz")
+    tar = tar_bytes(members)
+    assert outcome.decompressed.digest == hashlib.md5(tar).hexdigest()  # noqa: S324 - md5 store
+    assert outcome.decompressed.path.read_bytes() == tar
+    assert outcome.archive.created and outcome.archive.files == 60
+    for _kind, name, payload, _mode in members:
+        assert (outcome.archive.path / name).read_bytes() == payload
+    assert assert_tree_is_blobs(store, outcome.archive.path) == 60
+    assert list(store.staging.iterdir()) == []
+
+
+def test_archives_tgz_refused_for_a_member_keeps_its_decompressed_blob(store):
+    members = [F("ok.txt", b"fine\n" * 50_000), F("../escape.txt", b"no")]
+    message = refused(store, tar_bytes(members, compression="gz"), member="../escape.txt")
+    assert "climbs out" in message
+    tar_digest = hashlib.md5(tar_bytes(members)).hexdigest()  # noqa: S324 - md5 store
+    assert store.find(tar_digest) is not None
+
+
+def test_archives_tgz_cut_short_is_named_by_the_compressed_file(store):
+    # The tar inside looks whole up to the cut; the fault is the gzip stream's.
+    data = tar_bytes([F(f"f{i}", os.urandom(20_000)) for i in range(40)], compression="gz")
+    with pytest.raises(UnsafeArchive) as caught:
+        run(store, data[: len(data) // 2], "cut.tgz")
+    assert caught.value.member == "cut.tgz"
+    assert "truncated or malformed" in str(caught.value)
+    assert_no_tree_left(store)
+
+
+def test_archives_tgz_store_full_while_decompressing_leaves_nothing(store, monkeypatch):
+    data = tar_bytes([F(f"f{i}", os.urandom(300_000)) for i in range(20)], compression="gz")
+    blob = store.ingest([data])
+    real_write = os.write
+
+    def write(fd: int, chunk) -> int:
+        if threading.current_thread().name.startswith(("write", "inflate")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, chunk)
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(StoreFull):
+        unpack(store, Outcome(blob=blob, filename="full.tgz"), max_bytes=64 * MiB, max_files=100)
+    monkeypatch.undo()
+    assert_no_tree_left(store)
+    assert len(list(store.blobs.glob("*/*/*"))) == 1
