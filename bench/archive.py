@@ -4,7 +4,8 @@ Generates a tree of 10,000 files (~50 MB, text that compresses like source code)
 packs it with `tar czf`, then times, in the same run and on the same disk:
   - `tar xzf` of the archive into an empty directory (the baseline);
   - PUT /upload/src.tgz to a fresh `bucketdav serve` (store, decompress, hash, link, rename).
-Prints both times (best of --rounds) and the ratio; the target is <= 2.5. It does so
+Prints both times (best of --rounds) and the ratio; the target is <= 2.5. Beside it,
+`tar xzf` followed by `sync`: tar with the durability bucketdav gives before it answers. It does so
 for a new store, where each blob also needs its own blob/ab/cd directory (on ext4 that
 costs more than writing the file), and for a store in use, where those already exist.
 """
@@ -121,12 +122,18 @@ def upload(port: int, name: str, data: bytes) -> dict:
     return json.loads(body)
 
 
-def time_tar(archive: Path, work: Path) -> float:
-    """Seconds for `tar xzf` of `archive` into a new directory."""
+def time_tar(archive: Path, work: Path) -> tuple[float, float]:
+    """Seconds for `tar xzf` of `archive` into a new directory, and for that plus `sync`.
+
+    bucketdav answers only once the tree is on disk; the second figure is what the same
+    durability costs tar, shown beside the target's baseline.
+    """
     dest = Path(tempfile.mkdtemp(dir=work, prefix="tar-"))
     started = time.perf_counter()
     subprocess.run(["tar", "xzf", str(archive), "-C", str(dest)], check=True)
-    return time.perf_counter() - started
+    extracted = time.perf_counter()
+    os.sync()
+    return extracted - started, time.perf_counter() - started
 
 
 class Server:
@@ -185,12 +192,15 @@ def measure(label: str, rounds: int, tar_run, bucket_run) -> float:
         else:
             tar_times.append(tar_run(index))
             bucket_times.append(bucket_run(index))
-    tar_best, bucket_best = min(tar_times), min(bucket_times)
+    tar_best = min(plain for plain, _synced in tar_times)
+    synced_best = min(synced for _plain, synced in tar_times)
+    bucket_best = min(bucket_times)
     ratio = bucket_best / tar_best
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
     print(
         f"{label}: tar xzf {tar_best:.3f} s, bucketdav PUT .tgz {bucket_best:.3f} s "
-        f"(best of {rounds}); ratio {ratio:.2f}x (target <= {TARGET_RATIO}x: {verdict})"
+        f"(best of {rounds}); ratio {ratio:.2f}x (target <= {TARGET_RATIO}x: {verdict}); "
+        f"tar xzf + sync {synced_best:.3f} s, ratio {bucket_best / synced_best:.2f}x"
     )
     return ratio
 
@@ -217,7 +227,7 @@ def main() -> None:
         # creating inodes depends on how many were deleted just before.
         os.sync()
 
-        def tar_run(index: int) -> float:
+        def tar_run(index: int) -> tuple[float, float]:
             return time_tar(archives[index], work)
 
         def fresh_run(index: int) -> float:
