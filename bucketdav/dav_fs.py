@@ -166,7 +166,8 @@ class PublicTree:
 
     def forget(self, node: Node) -> None:
         """Drop the remembered lookups of a file that turned out to be gone (removed by hand)."""
-        for path in [path for path, known in self.files.items() if known is node]:
+        # copy() is one step for other threads; iterating the live dict is not.
+        for path in [path for path, known in self.files.copy().items() if known is node]:
             self.files.pop(path, None)
 
     def _lookup(self, path: str) -> Node | None:

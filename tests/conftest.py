@@ -141,7 +141,7 @@ class LiveServer:
     def settled_log(self, *, timeout: float = 15) -> str:
         """The log once every line of the requests answered so far is written.
 
-        Log lines go out through a queue; a marked request is logged after all earlier ones,
+        Log lines are written in batches; a marked request is logged after all earlier ones,
         so once its line is there, so are theirs.
         """
         marker = f"settle={uuid.uuid4().hex}"
