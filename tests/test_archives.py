@@ -712,3 +712,12 @@ def test_archives_tgz_store_full_while_decompressing_leaves_nothing(store, monke
     monkeypatch.undo()
     assert_no_tree_left(store)
     assert len(list(store.blobs.glob("*/*/*"))) == 1
+
+
+def test_archives_refused_archive_leaves_no_empty_blob_folders(store):
+    members = [F(f"f{i}", f"content {i}".encode()) for i in range(50)] + [F("../evil")]
+    data = tar_bytes(members)
+    refused(store, data, member="../evil")
+    digest = hashlib.md5(data).hexdigest()  # noqa: S324 - md5 store
+    folders = {p for p in store.blobs.rglob("*") if p.is_dir()}
+    assert folders == {store.blob_path(digest).parent, store.blob_path(digest).parent.parent}
