@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -26,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bucketdav import launch
+
 TARGET_RATIO = 2.5
-LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)/")
 _VOCABULARY = (
     "def return self import from class if else elif for while in not and or None True False "
     "int str bytes list dict set tuple len range print raise try except finally with as yield "
@@ -75,39 +75,6 @@ def make_tree(root: Path, *, files: int, total: int, seed: int = 7) -> int:
     return written
 
 
-def start_server(store: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start `bucketdav serve` on 127.0.0.1 and a free port; returns the process and port."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BUCKETDAV_", "ARCHIVE_", "REPLICATE_", "CHECKSUM_TYPE"))
-    }
-    env.update(
-        ARCHIVE_DIR=str(store),
-        MAX_CONTENT_LENGTH="1gb",
-        BUCKETDAV_MIN_FREE="0",
-        PYTHONUNBUFFERED="1",
-    )
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bucketdav", "serve", "--host", "127.0.0.1", "--port", "0"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log_path.read_text("utf-8", "replace"))
-        if match:
-            return proc, int(match.group(2))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"bucketdav did not start:\n{log_path.read_text('utf-8', 'replace')}")
-
-
 def upload(port: int, name: str, data: bytes) -> dict:
     """PUT `data` as /upload/<name> and return the JSON answer."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
@@ -140,7 +107,10 @@ class Server:
     """One `bucketdav serve` process over the store at `store`."""
 
     def __init__(self, store: Path, log_path: Path) -> None:
-        self.proc, self.port = start_server(store, log_path)
+        env = launch.environ_with(
+            ARCHIVE_DIR=str(store), MAX_CONTENT_LENGTH="1gb", BUCKETDAV_MIN_FREE="0"
+        )
+        self.proc, self.port = launch.start(env, log_path)
 
     def put(self, data: bytes, files: int) -> float:
         """Seconds for PUT /upload/src.tgz, checked to have made the whole tree."""

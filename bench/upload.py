@@ -13,42 +13,24 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bucketdav import launch
+
 MIB = 1024 * 1024
-LISTENING = re.compile(rb"listening on http://[\d.]+:(\d+)/")
 
 
 def start_server(root: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A real bucketdav on a free port with no upload limit that matters here."""
-    env = {
-        **os.environ,
-        "ARCHIVE_DIR": str(root),
-        "MAX_CONTENT_LENGTH": "64gb",
-        "BUCKETDAV_MIN_FREE": "0",
-    }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bucketdav", "serve", "--port", "0"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log.read_bytes())
-        if match:
-            return proc, int(match.group(1))
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"server did not start: {log.read_text()}")
+    env = launch.environ_with(
+        ARCHIVE_DIR=str(root), MAX_CONTENT_LENGTH="64gb", BUCKETDAV_MIN_FREE="0"
+    )
+    return launch.start(env, log)
 
 
 def peak_rss_mib(pid: int) -> float:

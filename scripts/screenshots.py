@@ -10,9 +10,7 @@ import argparse
 import http.client
 import io
 import os
-import re
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -21,8 +19,9 @@ from typing import Any
 
 from playwright.sync_api import sync_playwright
 
+from bucketdav import launch
+
 HOST_NAME = "bucket.internal"
-LISTENING = re.compile(r"listening on http://[\d.]+:(\d+)/")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -34,31 +33,13 @@ CHROMIUM_ARGS = [
 
 def start_server(root: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Start `bucketdav serve` on 127.0.0.1 and a free port; return the process and port."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("REPLICATE_", "BUCKETDAV_"))},
-        "ARCHIVE_DIR": str(root),
-        "BUCKETDAV_MIN_FREE": "0",
-        "MAX_CONTENT_LENGTH": "8mb",
-        "REPLICATE_0": "team/${Team}/${Pipeline}",
-        "PYTHONUNBUFFERED": "1",
-    }
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bucketdav", "serve", "--host", "127.0.0.1", "--port", "0"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log_path.read_text("utf-8", "replace"))
-        if match:
-            return proc, int(match.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"the server did not start:\n{log_path.read_text('utf-8', 'replace')}")
+    env = launch.environ_with(
+        ARCHIVE_DIR=str(root),
+        BUCKETDAV_MIN_FREE="0",
+        MAX_CONTENT_LENGTH="8mb",
+        REPLICATE_0="team/${Team}/${Pipeline}",
+    )
+    return launch.start(env, log_path)
 
 
 def put(port: int, name: str, data: bytes, headers: dict[str, str]) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -21,12 +19,12 @@ from urllib.parse import quote, urlsplit
 import pytest
 import webtest
 
+from bucketdav import launch
 from bucketdav.server import make_app
 from bucketdav.settings import Settings, load_settings
 from bucketdav.store import Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)/")
 
 
 def require_tool(name: str) -> str:
@@ -90,38 +88,15 @@ class LiveServer:
 
     def start(self, *, timeout: float = 20) -> LiveServer:
         """Start the process and wait until /healthz answers."""
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process keeps it
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bucketdav",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *self.extra_args,
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        self.proc, self.port = launch.start(
+            self.env, self.log_path, args=self.extra_args, timeout=timeout
         )
-        log.close()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_bytes()[offset:].decode("utf-8", "replace")
-            match = LISTENING.search(text)
-            if match:
-                self.port = int(match.group(2))
-                if self.request("GET", "/healthz").status in (200, 503):
-                    return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bucketdav exited with {self.proc.returncode}:\n{text}")
+        while self.request("GET", "/healthz").status not in (200, 503):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"/healthz did not answer within {timeout}s:\n{self.log()}")
             time.sleep(0.05)
-        raise RuntimeError(f"bucketdav did not start within {timeout}s:\n{self.log()}")
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, *, timeout: float = 30) -> int:
         """Stop the process with `sig` and return its exit status."""
@@ -199,20 +174,7 @@ def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     def start(*, root: Path | None = None, args: list[str] | None = None, **env: str) -> LiveServer:
         index = len(servers)
         root = root or tmp_path / f"store{index}"
-        base_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(
-                ("REPLICATE_", "BUCKETDAV_", "ARCHIVE_", "CHECKSUM_TYPE", "MAX_CONTENT_LENGTH")
-            )
-        }
-        full_env = {
-            **base_env,
-            "ARCHIVE_DIR": str(root),
-            "BUCKETDAV_MIN_FREE": "0",
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
+        full_env = launch.environ_with(ARCHIVE_DIR=str(root), BUCKETDAV_MIN_FREE="0", **env)
         server = LiveServer(
             root=root,
             log_path=tmp_path / f"server{index}.log",
