@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import files_under, md5
+from helpers import files_under, md5, tar_gz
 
 from bucketdav.check import (
     EXAMPLES_PER_KIND,
@@ -30,22 +30,6 @@ from bucketdav.replicas import Series
 from bucketdav.store import Store, remove_tree
 
 DIGEST = "5d41402abc4b2a76b9719d911017c592"
-
-
-def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
-    """A .tar.gz of regular files and symlinks."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
-            tar.addfile(info)
-    return buf.getvalue()
 
 
 @pytest.fixture

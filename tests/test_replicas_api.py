@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import re
-import tarfile
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
 import pytest
-from helpers import multipart_body
+from helpers import multipart_body, tar_gz
 
 TEMPLATES = {"REPLICATE_0": "user/${Username}/${Topic}"}
 BOB = {"Username": "bob", "Topic": "demo"}
@@ -34,16 +32,6 @@ def stamps_now() -> set[str]:
 
 def path_of(url: str) -> str:
     return urlsplit(url).path
-
-
-def tgz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def test_upload_response_lists_replica_paths_and_urls(make_client, store_root):
@@ -163,7 +151,7 @@ def test_upload_header_value_that_is_not_utf8_is_not_a_5xx(make_client, store_ro
 
 def test_upload_archive_replica_is_a_browsable_tree_named_without_suffix(make_client, store_root):
     client = make_client(**TEMPLATES)
-    data = tgz({"site/index.html": b"<h1>one</h1>", "notes.txt": b"notes"})
+    data = tar_gz({"site/index.html": b"<h1>one</h1>", "notes.txt": b"notes"})
     body = put(client, "results.tar.gz", data, BOB).json
     (path,) = body["path"]["replicas"]
     assert re.fullmatch(r"replica/user/bob/demo/results\.\d{8}\.\d{4}\.0", path)
@@ -179,8 +167,8 @@ def test_upload_archive_replica_is_a_browsable_tree_named_without_suffix(make_cl
 
 def test_upload_archive_latest_moves_to_the_newest_tree(make_client, store_root):
     client = make_client(**TEMPLATES)
-    put(client, "results.tgz", tgz({"v.txt": b"1"}), BOB)
-    body = put(client, "results.tgz", tgz({"v.txt": b"2"}), BOB).json
+    put(client, "results.tgz", tar_gz({"v.txt": b"1"}), BOB)
+    body = put(client, "results.tgz", tar_gz({"v.txt": b"2"}), BOB).json
     assert body["path"]["replicas"][0].endswith(".1")
     latest = store_root / "replica/user/bob/demo/results.latest"
     assert os.readlink(latest) == body["path"]["replicas"][0].rsplit("/", 1)[1]
@@ -209,7 +197,7 @@ def test_upload_replica_folder_lists_over_propfind(make_client):
 
 def test_upload_archive_latest_shows_as_a_folder_over_propfind(make_client):
     client = make_client(**TEMPLATES)
-    name = put(client, "results.tgz", tgz({"v.txt": b"1"}), BOB).json["path"]["replicas"][0]
+    name = put(client, "results.tgz", tar_gz({"v.txt": b"1"}), BOB).json["path"]["replicas"][0]
     resp = client.request(
         "/replica/user/bob/demo/", method="PROPFIND", headers={"Depth": "1"}, expect_errors=True
     )
