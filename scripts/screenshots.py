@@ -130,27 +130,25 @@ def shoot_upload(browser: Any, base: str, inputs: list[Path], out: Path) -> None
     context.close()
 
 
+def shoot(browser: Any, url: str, path: Path, width: int, height: int, *, full: bool) -> None:
+    """One picture of `url` in a fresh browser window of the given size."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(url)
+    page.screenshot(path=str(path), full_page=full)
+    context.close()
+
+
 def shoot_listing(browser: Any, base: str, out: Path) -> None:
     """A replica folder as a browser shows it, and the same at phone width."""
-    context = browser.new_context(viewport={"width": 1100, "height": 560})
-    page = context.new_page()
-    page.goto(f"{base}/replica/team/web/nightly/")
-    page.screenshot(path=str(out / "listing.png"), full_page=True)
-    context.close()
-    phone = browser.new_context(viewport={"width": 390, "height": 760}, device_scale_factor=1)
-    page = phone.new_page()
-    page.goto(f"{base}/replica/team/web/nightly/")
-    page.screenshot(path=str(out / "listing-phone.png"))
-    phone.close()
+    url = f"{base}/replica/team/web/nightly/"
+    shoot(browser, url, out / "listing.png", 1100, 560, full=True)
+    shoot(browser, url, out / "listing-phone.png", 390, 760, full=False)
 
 
 def shoot_connect(browser: Any, base: str, out: Path) -> None:
     """The Connect page with this server's commands."""
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    page.goto(f"{base}/connect")
-    page.screenshot(path=str(out / "connect.png"), full_page=True)
-    context.close()
+    shoot(browser, f"{base}/connect", out / "connect.png", 1100, 900, full=True)
 
 
 def main() -> None:
