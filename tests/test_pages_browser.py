@@ -127,6 +127,14 @@ def _payload(name: str, data: bytes) -> dict[str, Any]:
     return {"name": name, "mimeType": "application/octet-stream", "buffer": data}
 
 
+def _slow_uploads(tab: Any, rate: int) -> None:
+    """Throttle the page's uploads to `rate` bytes a second, so they stay in flight."""
+    cdp = tab.context.new_cdp_session(tab.page)
+    cdp.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
+    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": rate})
+
+
 def test_upload_page_two_files_reach_done_with_working_links(live_server, open_tab, tmp_path):
     first, second = os.urandom(300_000), b"second file\n" * 100
     (tmp_path / "one.bin").write_bytes(first)
@@ -483,10 +491,7 @@ def test_upload_page_runs_three_uploads_at_a_time(live_server, open_tab):
     tab = open_tab(live_server)
     tab.goto("/upload")
     # A slow link keeps the first uploads in flight while the rest wait.
-    cdp = tab.context.new_cdp_session(tab.page)
-    cdp.send("Network.enable")
-    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
-    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": 150_000})
+    _slow_uploads(tab, 150_000)
     files = [_payload(f"part{i}.bin", os.urandom(40_000)) for i in range(5)]
     tab.page.set_input_files("#files", files)
     states = tab.page.locator("#uploads li .state")
@@ -554,10 +559,7 @@ def test_upload_page_retries_when_the_server_is_busy(live_server_factory, open_t
 def test_upload_page_cancels_waiting_and_running_uploads(live_server, open_tab):
     tab = open_tab(live_server)
     tab.goto("/upload")
-    cdp = tab.context.new_cdp_session(tab.page)
-    cdp.send("Network.enable")
-    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
-    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": 100_000})
+    _slow_uploads(tab, 100_000)
     files = [_payload(f"file{i}.bin", os.urandom(100_000)) for i in range(3)]
     tab.page.set_input_files("#files", [*files, _payload("queued.txt", b"never sent\n")])
     page = tab.page
