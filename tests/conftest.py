@@ -174,7 +174,8 @@ def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     def start(*, root: Path | None = None, args: list[str] | None = None, **env: str) -> LiveServer:
         index = len(servers)
         root = root or tmp_path / f"store{index}"
-        full_env = launch.environ_with(ARCHIVE_DIR=str(root), BUCKETDAV_MIN_FREE="0", **env)
+        defaults = {"ARCHIVE_DIR": str(root), "BUCKETDAV_MIN_FREE": "0"}
+        full_env = launch.environ_with(**{**defaults, **env})
         server = LiveServer(
             root=root,
             log_path=tmp_path / f"server{index}.log",
