@@ -30,8 +30,11 @@ from bucketdav.errors import (
     UnknownContent,
     UnsafeArchive,
 )
-from bucketdav.naming import filename_segment, normalize_digest
-from bucketdav.receive import (
+from bucketdav.settings import Settings, format_size
+from bucketdav.store.blobs import Blob, Store
+from bucketdav.uploads.naming import filename_segment, normalize_digest
+from bucketdav.uploads.pipeline import describe, process
+from bucketdav.uploads.receive import (
     CHECKSUM_HEADERS,
     MULTIPART_SLACK,
     body_chunks,
@@ -42,9 +45,6 @@ from bucketdav.receive import (
     utf8_name,
     verify_checksums,
 )
-from bucketdav.settings import Settings, format_size
-from bucketdav.store import Blob, Store
-from bucketdav.uploads import describe, process
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from bucketdav.settings import SettingError, Settings, load_settings, parse_env_file
-from bucketdav.store import StoreError
+from bucketdav.store.blobs import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             serve(settings)
         elif args.command == "check":
-            from bucketdav.check import run_check
+            from bucketdav.store.check import run_check
 
             return run_check(settings, full=args.full, repair=args.repair)
     except (SettingError, StoreError) as exc:

@@ -18,10 +18,10 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from bucketdav.api import Api, is_api_path
-from bucketdav.dav import make_dav_app
-from bucketdav.receive import body_left_unread, stop_reading
+from bucketdav.dav.app import make_dav_app
 from bucketdav.settings import Settings
-from bucketdav.store import Store
+from bucketdav.store.blobs import Store
+from bucketdav.uploads.receive import body_left_unread, stop_reading
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("bucketdav.access")

@@ -22,7 +22,7 @@ import webtest
 from bucketdav import launch
 from bucketdav.server import make_app
 from bucketdav.settings import Settings, load_settings
-from bucketdav.store import Store
+from bucketdav.store.blobs import Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from bucketdav.archive_members import Kind, Layout, member_path
-from bucketdav.archive_tree import TreeBuilder
-from bucketdav.archives import classify, unpack
 from bucketdav.errors import StoreFull, UnsafeArchive
-from bucketdav.store import Store
-from bucketdav.uploads import Outcome
+from bucketdav.store.blobs import Store
+from bucketdav.uploads.archives.extract import classify, unpack
+from bucketdav.uploads.archives.members import Kind, Layout, member_path
+from bucketdav.uploads.archives.tree import TreeBuilder
+from bucketdav.uploads.outcome import Outcome
 
 MiB = 1 << 20
 
@@ -443,7 +443,9 @@ def test_archives_repeat_unpack_reuses_the_tree(store, monkeypatch):
     data = tar_bytes([F("a/b", b"1"), F("c", b"2")], compression="gz")
     first = run(store, data, "x.tgz").archive
     built = []
-    monkeypatch.setattr("bucketdav.archives.TreeBuilder", lambda *a, **k: built.append(1))
+    monkeypatch.setattr(
+        "bucketdav.uploads.archives.extract.TreeBuilder", lambda *a, **k: built.append(1)
+    )
     second = run(store, data, "x.tgz").archive
     assert built == []
     assert second.path == first.path and second.files == 2

@@ -149,7 +149,9 @@ def test_archives_api_repeat_upload_does_not_extract_again(client, store_root, m
     first = put(client, "x.tgz", data).json
     tree = store_root / first["path"]["archive"]
     inode = tree.stat().st_ino
-    monkeypatch.setattr("bucketdav.archives.TreeBuilder", None)  # would fail if used
+    monkeypatch.setattr(
+        "bucketdav.uploads.archives.extract.TreeBuilder", None
+    )  # would fail if used
     second = put(client, "again.tgz", data).json
     assert second["path"]["archive"] == first["path"]["archive"] and second["files"] == 2
     assert tree.stat().st_ino == inode

@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 from helpers import files_under, md5, tar_gz
 
-from bucketdav.check import (
+from bucketdav.store.blobs import Store
+from bucketdav.store.check import check_store
+from bucketdav.store.entries import Series
+from bucketdav.store.files import remove_tree
+from bucketdav.store.findings import (
     EXAMPLES_PER_KIND,
     blob_name_problem,
-    check_store,
     inside,
     latest_series,
     mode_problem,
@@ -26,8 +29,6 @@ from bucketdav.check import (
     repaired_mode,
     staging_is_leftover,
 )
-from bucketdav.replicas import Series
-from bucketdav.store import Store, remove_tree
 
 DIGEST = "5d41402abc4b2a76b9719d911017c592"
 

@@ -29,8 +29,8 @@ import pytest
 from conftest import LiveServer
 from helpers import files_under, md5
 
-from bucketdav.check import check_store
-from bucketdav.store import Store
+from bucketdav.store.blobs import Store
+from bucketdav.store.check import check_store
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import pytest
 import webtest
 from defusedxml.ElementTree import fromstring as defused_fromstring
 
-from bucketdav.dav import MAX_BODY, make_dav_app
-from bucketdav.dav_fs import PublicTree, confine, split_path
-from bucketdav.dav_get import Unsatisfiable, parse_range
-from bucketdav.store import Store
+from bucketdav.dav.app import MAX_BODY, make_dav_app
+from bucketdav.dav.get import Unsatisfiable, parse_range
+from bucketdav.dav.lookup import PublicTree, confine, split_path
+from bucketdav.store.blobs import Store
 from tests.conftest import make_settings
 
 NS = {"D": "DAV:", "oc": "http://owncloud.org/ns", "x": "urn:x"}

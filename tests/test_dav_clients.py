@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from cheroot import wsgi
 
-from bucketdav.dav import make_dav_app
-from bucketdav.store import Store
+from bucketdav.dav.app import make_dav_app
+from bucketdav.store.blobs import Store
 from tests.conftest import IN_CI, LiveServer, make_settings, require_tool
 
 pytestmark = [pytest.mark.client, pytest.mark.slow]

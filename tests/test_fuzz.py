@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import multipart_body
 
-from bucketdav.check import check_store
+from bucketdav.store.check import check_store
 
 MULTIPART_CASES = 1500
 ARCHIVE_CASES = 700

@@ -12,7 +12,7 @@ import tarfile
 import pytest
 from helpers import MD5_COLLISION_A, MD5_COLLISION_B, files_under, md5, multipart_body
 
-from bucketdav.store import remove_tree
+from bucketdav.store.files import remove_tree
 
 ERROR_KEYS = {"code", "status", "error"}
 

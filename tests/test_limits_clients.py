@@ -12,7 +12,7 @@ import pytest
 from conftest import LiveServer
 from helpers import files_under, multipart_body
 
-from bucketdav.check import check_store
+from bucketdav.store.check import check_store
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import IN_CI, LiveServer, Response
 from helpers import files_under, md5
 
-from bucketdav.check import check_store
+from bucketdav.store.check import check_store
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from bucketdav.listing import Entry, breadcrumb, human_size, render_listing
+from bucketdav.dav.listing import Entry, breadcrumb, human_size, render_listing
 
 HOSTILE = "<img src=x onerror=alert(1)>.txt"
 

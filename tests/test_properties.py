@@ -11,20 +11,20 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bucketdav.archive_members import member_path
-from bucketdav.dav_fs import PublicTree, confine, inside_public, split_path
+from bucketdav.dav.lookup import PublicTree, confine, inside_public, split_path
 from bucketdav.errors import UnsafeArchive
-from bucketdav.naming import (
+from bucketdav.settings import FreeSpace, format_size, parse_free_space, parse_size
+from bucketdav.store.blobs import Store
+from bucketdav.uploads.archives.members import member_path
+from bucketdav.uploads.naming import (
     MAX_SEGMENT_BYTES,
     NameError_,
     filename_segment,
     header_segment,
     normalize_digest,
 )
-from bucketdav.replicas import ReplicaRefused, replica_folder
-from bucketdav.settings import FreeSpace, format_size, parse_free_space, parse_size
-from bucketdav.store import Store
-from bucketdav.templates import TemplateSkipped, parse_template, render_template
+from bucketdav.uploads.replicas import ReplicaRefused, replica_folder
+from bucketdav.uploads.templates import TemplateSkipped, parse_template, render_template
 
 # Deterministic (derandomize, no example database) so that CI runs are repeatable.
 BOUNDED = settings(

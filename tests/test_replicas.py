@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from bucketdav.errors import StoreFull
-from bucketdav.replicas import (
+from bucketdav.store.blobs import Store
+from bucketdav.uploads.outcome import Outcome, Tree
+from bucketdav.uploads.replicas import (
     ReplicaRefused,
     Series,
     replica_folder,
@@ -20,9 +22,7 @@ from bucketdav.replicas import (
     series_for,
     stamp_of,
 )
-from bucketdav.store import Store
-from bucketdav.templates import parse_template
-from bucketdav.uploads import Outcome, Tree
+from bucketdav.uploads.templates import parse_template
 
 MOMENT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 STAMP = "20260102.0304"

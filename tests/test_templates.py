@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bucketdav.naming import MAX_SEGMENT_BYTES, NameError_, header_segment
 from bucketdav.settings import SettingError, load_settings
-from bucketdav.templates import (
+from bucketdav.uploads.naming import MAX_SEGMENT_BYTES, NameError_, header_segment
+from bucketdav.uploads.templates import (
     TemplateError,
     TemplateSkipped,
     parse_template,

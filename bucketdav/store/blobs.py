@@ -1,23 +1,28 @@
-"""The content-addressed store on disk: staging, blobs, and placing links of blobs."""
+"""The store below ARCHIVE_DIR: its layout, start-up, free space, and blobs committed and linked."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import logging
 import os
-import queue
 import shutil
 import tempfile
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bucketdav.errors import ChecksumCollision, StoreFull
 from bucketdav.settings import FreeSpace
+from bucketdav.store.files import (
+    COPY_CHUNK,
+    disk_full_as_store_full,
+    fsync_dir,
+    remove_quietly,
+    same_bytes,
+)
+from bucketdav.store.staging import StagedFile
 
 log = logging.getLogger(__name__)
 
@@ -39,47 +44,13 @@ STRONG_ALGORITHMS = frozenset(
         "sha3_512",
     }
 )
-FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-_TREE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Inodes an upload may need (staging file, fan-out folders, replica names); with fewer free,
 # uploads are refused and /healthz fails, as below the byte watermark.
 MIN_FREE_INODES = 32
-_COMPARE_CHUNK = 1 << 20
-_SPACE_CHECK_EVERY = 16 << 20
-# Chunks at least this large are hashed in a thread of their own, overlapping the next read.
-_PIPE_MIN_CHUNK = 256 << 10
-_PIPE_DEPTH = 4
-# Start writing back every this many bytes, so the final fsync has little left to do.
-_WRITEBACK_EVERY = 8 << 20
-_SYNC_FILE_RANGE_WRITE = 2
-_libc = ctypes.CDLL(None, use_errno=True)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 
 
 class StoreError(Exception):
     """The store cannot be used as configured (start-up)."""
-
-
-@contextlib.contextmanager
-def disk_full_as_store_full() -> Iterator[None]:
-    """Turn ENOSPC/EDQUOT from any file operation into StoreFull."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in FULL_ERRNOS:
-            raise StoreFull("the store's disk is full; nothing of this upload was kept") from exc
-        raise
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry so a link or rename in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -90,119 +61,6 @@ class Blob:
     path: Path
     size: int
     created: bool = False
-
-
-class _Pipe:
-    """Runs `work` on each chunk in a thread of its own, in order; keeps the first error.
-
-    hashlib and os.write release the GIL, so hashing, writing and reading the next chunk
-    proceed at once. After an error the thread keeps taking chunks (dropping them), so the
-    feeding side never blocks; it sees the error at its next feed or at finish.
-    """
-
-    def __init__(self, work: Callable[[bytes], None], name: str) -> None:
-        self.work = work
-        self.error: BaseException | None = None
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPE_DEPTH)
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self.chunks.get()) is not None:
-            if self.error is None:
-                try:
-                    self.work(chunk)
-                except BaseException as exc:  # handed to the feeding thread
-                    self.error = exc
-
-    def feed(self, chunk: bytes) -> None:
-        self.raise_error()
-        self.chunks.put(chunk)
-
-    def finish(self) -> None:
-        if self.thread.is_alive():
-            self.chunks.put(None)
-            self.thread.join()
-        self.raise_error()
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
-@dataclass
-class StagedFile:
-    """A file being written in staging/, hashed in the same pass as it is written.
-
-    Small chunks are hashed and written at once; from the first large chunk on, hashing and
-    writing each run in a thread of their own while the caller reads the next chunk.
-    """
-
-    path: Path
-    fd: int
-    hasher: hashlib._Hash
-    extra: dict[str, hashlib._Hash] = field(default_factory=dict)
-    size: int = 0
-    space_check: int = _SPACE_CHECK_EVERY
-    written: int = 0
-    written_back: int = 0
-    store: Store | None = None
-    pipes: tuple[_Pipe, ...] = ()
-    # Told the size on disk after every write, so a reader can follow the file as it grows.
-    on_written: Callable[[int], None] | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append `data`, hashing it as it goes (in a second thread for large chunks)."""
-        data = bytes(data) if not isinstance(data, bytes) else data
-        if not self.pipes and len(data) >= _PIPE_MIN_CHUNK:
-            self.pipes = (_Pipe(self._hash, "hash"), _Pipe(self._write, "write"))
-        if self.pipes:
-            for pipe in self.pipes:
-                pipe.feed(data)
-        else:
-            self._hash(data)
-            self._write(data)
-        self.size += len(data)
-        if self.store is not None and self.size >= self.space_check:
-            self.space_check = self.size + _SPACE_CHECK_EVERY
-            self.store.check_space(0)
-
-    def _hash(self, data: bytes) -> None:
-        self.hasher.update(data)
-        for extra in self.extra.values():
-            extra.update(data)
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        with disk_full_as_store_full():
-            while view:
-                view = view[os.write(self.fd, view) :]
-        self.written += len(data)
-        if self.written - self.written_back >= _WRITEBACK_EVERY and _sync_file_range is not None:
-            _sync_file_range(
-                self.fd,
-                self.written_back,
-                self.written - self.written_back,
-                _SYNC_FILE_RANGE_WRITE,
-            )
-            self.written_back = self.written
-        if self.on_written is not None:
-            self.on_written(self.written)
-
-    def finish(self) -> None:
-        """Wait until every chunk given so far is hashed and written; raise what failed."""
-        for pipe in self.pipes:
-            pipe.finish()
-
-    def hexdigest(self) -> str:
-        """The digest of everything written so far."""
-        self.finish()
-        return self.hasher.hexdigest()
-
-    def extra_hexdigest(self, algorithm: str) -> str:
-        """The digest in one of the extra algorithms asked for."""
-        self.finish()
-        return self.extra[algorithm].hexdigest()
 
 
 class Store:
@@ -247,7 +105,7 @@ class Store:
         for entry in os.scandir(self.staging):
             count += 1
             if entry.is_dir(follow_symlinks=False):
-                _remove_quietly(entry.path)
+                remove_quietly(entry.path)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
@@ -345,7 +203,7 @@ class Store:
             fd=fd,
             hasher=self.new_hasher(),
             extra={algo: hashlib.new(algo) for algo in extra},
-            store=self,
+            check_space=self.check_space,
         )
         try:
             yield staged
@@ -408,7 +266,7 @@ class Store:
             fd, name = tempfile.mkstemp(dir=self.staging, prefix="copy-")
             try:
                 with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(src, out, _COMPARE_CHUNK)
+                    shutil.copyfileobj(src, out, COPY_CHUNK)
                     out.flush()
                     os.fsync(out.fileno())
                 os.chmod(name, 0o444)
@@ -425,71 +283,4 @@ class Store:
             yield path
         finally:
             if path.exists():
-                _remove_quietly(path)
-
-
-def same_bytes(a: Path, b: Path) -> bool:
-    """True when the two files hold the same bytes."""
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        if os.fstat(fa.fileno()).st_size != os.fstat(fb.fileno()).st_size:
-            return False
-        while True:
-            ca, cb = fa.read(_COMPARE_CHUNK), fb.read(_COMPARE_CHUNK)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
-
-
-def _remove_quietly(path: str | Path) -> None:
-    """remove_tree, logging instead of raising: a clean-up must not hide the real outcome."""
-    try:
-        remove_tree(path)
-    except OSError as exc:
-        log.warning("could not remove %s from staging/: %s", path, exc)
-
-
-def remove_tree(path: str | Path) -> None:
-    """Remove a directory tree of any depth, making read-only folders writable on the way.
-
-    An archive may be thousands of folders deep: shutil.rmtree and os.walk recurse (Python
-    3.11) and full paths can pass PATH_MAX, so this walks with one open folder and names.
-    """
-    try:
-        fd = os.open(path, _TREE_FLAGS)
-    except FileNotFoundError:
-        return
-    names: list[str] = []  # the folders from `path` down to `fd`
-    pending: list[list[str]] = []  # per level: subfolders still to remove
-    try:
-        while True:
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, 0o755)
-            subfolders = []
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        subfolders.append(entry.name)
-                    else:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(entry.name, dir_fd=fd)
-            pending.append(subfolders)
-            while not pending[-1]:
-                pending.pop()
-                if not names:
-                    break
-                parent = os.open("..", _TREE_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = parent
-                os.rmdir(names.pop(), dir_fd=fd)
-            if not pending:
-                break
-            child = pending[-1].pop()
-            descend = os.open(child, _TREE_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = descend
-            names.append(child)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(path)
+                remove_quietly(path)

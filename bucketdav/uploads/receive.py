@@ -15,9 +15,9 @@ from typing import Any
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
 
 from bucketdav.errors import BadRequest, ChecksumMismatch, ClientGone, TooLarge, TooSlow
-from bucketdav.naming import normalize_digest
 from bucketdav.settings import format_size
-from bucketdav.store import StagedFile
+from bucketdav.store.staging import StagedFile
+from bucketdav.uploads.naming import normalize_digest
 
 READ_SIZE = 256 << 10
 # Room for multipart boundaries and part headers on top of MAX_CONTENT_LENGTH.

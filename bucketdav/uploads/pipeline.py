@@ -4,44 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bucketdav.archives import unpack
-from bucketdav.replicas import replicate
 from bucketdav.settings import Settings
-from bucketdav.store import Blob, Store
+from bucketdav.store.blobs import Blob, Store
+from bucketdav.uploads.archives.extract import unpack
+from bucketdav.uploads.outcome import Outcome
+from bucketdav.uploads.replicas import replicate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Tree:
-    """An extracted archive: the digest of the tar or zip, its tree, and how many files."""
-
-    digest: str
-    path: Path
-    files: int
-    created: bool = False
-
-
-@dataclass
-class Outcome:
-    """Everything one upload made; each later step fills its part."""
-
-    blob: Blob
-    filename: str
-    decompressed: Blob | None = None
-    archive: Tree | None = None
-    replicas: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def final(self) -> Path:
-        """What replicas point at: the tree of an archive, else the file's blob."""
-        return self.archive.path if self.archive else self.blob.path
 
 
 def process(

@@ -20,25 +20,21 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bucketdav.errors import StoreFull
-from bucketdav.naming import ARCHIVE_SUFFIXES, split_suffix
-from bucketdav.store import FULL_ERRNOS, Store
-from bucketdav.templates import Template, TemplateSkipped, render_template
-
-if TYPE_CHECKING:
-    from bucketdav.uploads import Outcome
+from bucketdav.store.blobs import Store
+from bucketdav.store.entries import Series, stamp_of
+from bucketdav.store.files import FULL_ERRNOS
+from bucketdav.uploads.naming import ARCHIVE_SUFFIXES, split_suffix
+from bucketdav.uploads.outcome import Outcome
+from bucketdav.uploads.templates import Template, TemplateSkipped, render_template
 
 log = logging.getLogger(__name__)
 
-STAMP_FORMAT = "%Y%m%d.%H%M"
 # A tree's replica is named without these: `results.tar.gz` and `results.gz` give `results`.
 TREE_SUFFIXES = frozenset(ARCHIVE_SUFFIXES) | {".gz", ".bz2", ".xz"}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -48,40 +44,12 @@ class ReplicaRefused(Exception):
     """This replica cannot be made; the message says why (the upload itself stands)."""
 
 
-@dataclass(frozen=True)
-class Series:
-    """The names of one upload's replicas in a folder: `<stem>.<stamp>.<n><ext>` and latest."""
-
-    stem: str
-    ext: str
-
-    def stamped(self, stamp: str, index: int) -> str:
-        """The replica name for `stamp` and index `index`."""
-        return f"{self.stem}.{stamp}.{index}{self.ext}"
-
-    @property
-    def latest(self) -> str:
-        """The name of the link to the newest replica."""
-        return f"{self.stem}.latest{self.ext}"
-
-    def parse(self, name: str) -> tuple[str, int] | None:
-        """(stamp, index) when `name` is one of this series' replica names, else None."""
-        pattern = rf"{re.escape(self.stem)}\.(\d{{8}}\.\d{{4}})\.(\d+){re.escape(self.ext)}"
-        match = re.fullmatch(pattern, name)
-        return (match.group(1), int(match.group(2))) if match else None
-
-
 def series_for(filename: str, *, tree: bool) -> Series:
     """The series of an upload named `filename`: trees lose their archive suffix entirely."""
     stem, ext = split_suffix(filename)
     if tree:
         return Series(stem if ext.lower() in TREE_SUFFIXES else filename, "")
     return Series(stem, ext)
-
-
-def stamp_of(moment: datetime) -> str:
-    """The UTC minute of `moment` as it appears in replica names: `YYYYmmdd.HHMM`."""
-    return moment.astimezone(UTC).strftime(STAMP_FORMAT)
 
 
 def replicate(

@@ -13,15 +13,15 @@ from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
-from bucketdav import listing
 from bucketdav.api import PAGE_CSP
-from bucketdav.dav_fs import Node, PublicTree
-from bucketdav.dav_get import serve_file
-from bucketdav.dav_props import BadPropfind, Renderer, href_of, parse_propfind
-from bucketdav.dav_provider import StoreProvider
-from bucketdav.receive import stop_reading
+from bucketdav.dav import listing
+from bucketdav.dav.get import serve_file
+from bucketdav.dav.lookup import Node, PublicTree
+from bucketdav.dav.propfind import BadPropfind, Renderer, href_of, parse_propfind
+from bucketdav.dav.provider import StoreProvider
 from bucketdav.settings import Settings
-from bucketdav.store import Store
+from bucketdav.store.blobs import Store
+from bucketdav.uploads.receive import stop_reading
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bucketdav.naming import MAX_SEGMENT_BYTES, NameError_, header_segment
+from bucketdav.uploads.naming import MAX_SEGMENT_BYTES, NameError_, header_segment
 
 _TOKEN_RE = re.compile(r"^\$\{([A-Za-z0-9][A-Za-z0-9_-]*)\}$")
 _PLAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+=,-]*$")

@@ -9,8 +9,8 @@ from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 from wsgidav.util import etree
 
-from bucketdav.dav_fs import Node, PublicTree, content_type, is_active
-from bucketdav.dav_props import CHECKSUM, CHECKSUMS
+from bucketdav.dav.lookup import Node, PublicTree, content_type, is_active
+from bucketdav.dav.propfind import CHECKSUM, CHECKSUMS
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
-from bucketdav.store import PUBLIC_TREES
+from bucketdav.store.blobs import PUBLIC_TREES
 
 log = logging.getLogger(__name__)
 

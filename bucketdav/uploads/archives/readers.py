@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from bucketdav.archive_members import Kind, refuse
 from bucketdav.errors import UnsafeArchive
+from bucketdav.uploads.archives.members import Kind, refuse
 
 READ_SIZE = 1 << 20
 # tarfile reads a pax or GNU long-name header whole; more than this is not a real header.

@@ -9,8 +9,8 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bucketdav.dav_fs import Node, PublicTree, content_type, is_active
-from bucketdav.dav_props import http_date
+from bucketdav.dav.lookup import Node, PublicTree, content_type, is_active
+from bucketdav.dav.propfind import http_date
 
 # Cheroot has no sendfile and copies each chunk into its buffer, again after a partial send;
 # blocks near the socket buffer size measured faster than 1-4 MiB (bench/dav.py).

@@ -10,7 +10,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from bucketdav.archive_members import (
+from bucketdav.errors import ChecksumCollision, UnsafeArchive
+from bucketdav.store.blobs import Store
+from bucketdav.store.files import disk_full_as_store_full, same_bytes
+from bucketdav.uploads.archives.members import (
     Kind,
     Layout,
     MemberPath,
@@ -19,9 +22,7 @@ from bucketdav.archive_members import (
     refuse,
     shown,
 )
-from bucketdav.archive_readers import Member
-from bucketdav.errors import ChecksumCollision, UnsafeArchive
-from bucketdav.store import Store, disk_full_as_store_full, same_bytes
+from bucketdav.uploads.archives.readers import Member
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,15 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, BinaryIO
 
-from bucketdav.archive_members import refuse
-from bucketdav.archive_readers import Member, malformed, tar_members, zip_members
-from bucketdav.archive_tree import TreeBuilder
 from bucketdav.errors import UnsafeArchive
-from bucketdav.store import Blob, Store, disk_full_as_store_full, fsync_dir
-
-if TYPE_CHECKING:
-    from bucketdav.uploads import Outcome, Tree
+from bucketdav.store.blobs import Blob, Store
+from bucketdav.store.files import disk_full_as_store_full, fsync_dir
+from bucketdav.uploads.archives.members import refuse
+from bucketdav.uploads.archives.readers import Member, malformed, tar_members, zip_members
+from bucketdav.uploads.archives.tree import TreeBuilder
+from bucketdav.uploads.outcome import Outcome, Tree
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +208,6 @@ def extract(
     store: Store, blob: Blob, kind: str, *, max_bytes: int, max_files: int, name: str
 ) -> Tree:
     """The tree of the tar or zip `blob`: an existing one, or one built now and renamed in."""
-    from bucketdav.uploads import Tree
-
     final = store.tree_path(blob.digest)
     if final.is_dir():
         return Tree(blob.digest, final, count_files(final), created=False)
@@ -232,8 +229,6 @@ def _extract(
 
     `finish()` gives the archive's blob once every member is written.
     """
-    from bucketdav.uploads import Tree
-
     with store.staging_dir() as root:
         # Any digest of the store's algorithm names a path of the same length.
         longest = store.tree_path("0" * 2 * store.digest_size)

@@ -12,7 +12,7 @@ from xml.etree.ElementTree import Element, ParseError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from bucketdav.dav_fs import Node, PublicTree, content_type
+from bucketdav.dav.lookup import Node, PublicTree, content_type
 
 DAV = "DAV:"
 OC = "http://owncloud.org/ns"

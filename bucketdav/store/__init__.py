@@ -1,0 +1,1 @@
+"""The store on disk: staging, blobs, links, and the checker."""

@@ -1,0 +1,105 @@
+"""File operations the store is built on: flushing folders, removing deep trees, comparing."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from bucketdav.errors import StoreFull
+
+log = logging.getLogger(__name__)
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+COPY_CHUNK = 1 << 20
+_TREE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def disk_full_as_store_full() -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT from any file operation into StoreFull."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            raise StoreFull("the store's disk is full; nothing of this upload was kept") from exc
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry so a link or rename in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """True when the two files hold the same bytes."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        if os.fstat(fa.fileno()).st_size != os.fstat(fb.fileno()).st_size:
+            return False
+        while True:
+            ca, cb = fa.read(COPY_CHUNK), fb.read(COPY_CHUNK)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
+def remove_quietly(path: str | Path) -> None:
+    """remove_tree, logging instead of raising: a clean-up must not hide the real outcome."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("could not remove %s from staging/: %s", path, exc)
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a directory tree of any depth, making read-only folders writable on the way.
+
+    An archive may be thousands of folders deep: shutil.rmtree and os.walk recurse (Python
+    3.11) and full paths can pass PATH_MAX, so this walks with one open folder and names.
+    """
+    try:
+        fd = os.open(path, _TREE_FLAGS)
+    except FileNotFoundError:
+        return
+    names: list[str] = []  # the folders from `path` down to `fd`
+    pending: list[list[str]] = []  # per level: subfolders still to remove
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o755)
+            subfolders = []
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subfolders.append(entry.name)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.name, dir_fd=fd)
+            pending.append(subfolders)
+            while not pending[-1]:
+                pending.pop()
+                if not names:
+                    break
+                parent = os.open("..", _TREE_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                os.rmdir(names.pop(), dir_fd=fd)
+            if not pending:
+                break
+            child = pending[-1].pop()
+            descend = os.open(child, _TREE_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = descend
+            names.append(child)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)

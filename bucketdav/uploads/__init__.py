@@ -1,0 +1,1 @@
+"""Uploads: receiving bodies, the pipeline and its outcome, archives, replicas and names."""

@@ -1,0 +1,1 @@
+"""Archives: classifying, reading members, checking them, and building trees."""
