@@ -129,20 +129,29 @@ def recipes(base_url: str) -> list[Recipe]:
         Recipe(
             "davfs2",
             "Linux: davfs2",
-            "Mount the store read-only (as root; press Enter at the user name and password "
-            "prompts, the store needs no login).",
+            "Mount the store read-only, as root (<code>sudo -i</code> first); "
+            "<code>umount /mnt/bucket</code> leaves.",
             (
-                "sudo mkdir -p /mnt/bucket",
-                f"sudo mount -t davfs -o ro {url} /mnt/bucket",
+                "mkdir -p /mnt/bucket",
+                "printf 'ask_auth 0\\nuse_locks 0\\nbuf_size 64\\n' > /etc/davfs2/bucketdav.conf",
+                f"mount -t davfs -o ro,conf=/etc/davfs2/bucketdav.conf {url} /mnt/bucket",
             ),
+            "<code>buf_size 64</code> is needed on Linux 6.16 and newer, where every listing "
+            "otherwise fails with <em>Invalid argument</em>; <code>ask_auth 0</code> because the "
+            "store needs no login, <code>use_locks 0</code> because it has no locks.",
         ),
         Recipe(
             "rclone",
             "Linux, macOS, Windows: rclone",
-            "Mount without root, or copy a folder out of the store.",
+            "Mount without root (<code>rclone mount</code> runs until Ctrl-C; on Windows, with "
+            "WinFsp, mount on a drive letter such as <code>B:</code>), or copy a folder out of "
+            "the store.",
             (
-                f"rclone mount :webdav,url='{url}': /mnt/bucket --read-only",
-                f"rclone copy :webdav,url='{url}':replica ./replica",
+                "mkdir -p ~/bucket",
+                # The double quotes keep the single-quoted URL in the remote when pasted into
+                # a shell; without them the shell strips the quotes and rclone cannot parse it.
+                f"rclone mount \":webdav,url='{url}':\" ~/bucket --read-only",
+                f"rclone copy \":webdav,url='{url}':replica\" ./replica",
             ),
             "With <code>--webdav-vendor owncloud</code> rclone reads each file's checksum from "
             "the server, so <code>rclone check</code> and <code>rclone md5sum</code> download "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -81,13 +82,35 @@ def test_upload_page_form_posts_multipart_file_part() -> None:
 
 def test_connect_page_gives_exact_commands_for_the_address() -> None:
     commands = [c for r in recipes("http://files.example:8080") for c in r.commands]
-    assert "sudo mount -t davfs -o ro http://files.example:8080/ /mnt/bucket" in commands
     assert (
-        "rclone mount :webdav,url='http://files.example:8080/': /mnt/bucket --read-only" in commands
+        "mount -t davfs -o ro,conf=/etc/davfs2/bucketdav.conf http://files.example:8080/ "
+        "/mnt/bucket" in commands
     )
-    assert "rclone copy :webdav,url='http://files.example:8080/':replica ./replica" in commands
+    assert (
+        "rclone mount \":webdav,url='http://files.example:8080/':\" ~/bucket --read-only"
+        in commands
+    )
+    assert "rclone copy \":webdav,url='http://files.example:8080/':replica\" ./replica" in commands
     assert "\\\\files.example@8080\\DavWWWRoot" in commands
     assert "http://files.example:8080/" in commands
+
+
+@pytest.mark.parametrize("base", ["http://files.example:8080", "https://[::1]:8443"])
+def test_connect_page_rclone_remotes_keep_their_quotes_in_a_shell(base: str) -> None:
+    (rclone,) = [r for r in recipes(base) if r.key == "rclone"]
+    # What rclone receives once a shell has split the pasted line.
+    remotes = [shlex.split(c)[2] for c in rclone.commands if c.startswith("rclone ")]
+    assert remotes == [f":webdav,url='{base}/':", f":webdav,url='{base}/':replica"]
+
+
+def test_connect_page_davfs2_mounts_with_its_own_configuration() -> None:
+    (davfs2,) = [r for r in recipes("http://files.example:8080") if r.key == "davfs2"]
+    assert davfs2.commands == (
+        "mkdir -p /mnt/bucket",
+        "printf 'ask_auth 0\\nuse_locks 0\\nbuf_size 64\\n' > /etc/davfs2/bucketdav.conf",
+        "mount -t davfs -o ro,conf=/etc/davfs2/bucketdav.conf http://files.example:8080/ "
+        "/mnt/bucket",
+    )
 
 
 @pytest.mark.parametrize(
@@ -135,13 +158,13 @@ def test_connect_route_uses_the_request_host_and_the_page_policy(client) -> None
     assert page.content_type == "text/html"
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert "'unsafe-inline'" not in page.headers["Content-Security-Policy"]
-    assert "sudo mount -t davfs -o ro http://builds.example:8123/ /mnt/bucket" in page.text
+    assert "conf=/etc/davfs2/bucketdav.conf http://builds.example:8123/ /mnt/bucket" in page.text
 
 
 def test_connect_route_refuses_to_echo_a_hostile_host(client) -> None:
     page = client.get("/connect", headers={"Host": "x'$(id)"})
     assert "$(id)" not in page.text
-    assert FALLBACK_BASE in page.text
+    assert "<code>http://127.0.0.1/</code>" in page.text  # the listening address instead
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in STATIC.glob("*.js")))

@@ -324,7 +324,7 @@ def test_listing_sorts_by_name_size_and_date(live_server, open_tab):
 def test_connect_page_copies_the_mount_command(live_server, open_tab):
     tab = open_tab(live_server, permissions=["clipboard-read", "clipboard-write"])
     tab.goto("/connect")
-    command = f"sudo mount -t davfs -o ro {live_server.url} /mnt/bucket"
+    command = f"mount -t davfs -o ro,conf=/etc/davfs2/bucketdav.conf {live_server.url} /mnt/bucket"
     assert command in tab.page.locator("#davfs2").inner_text()
     tab.page.get_by_role("button", name=f"Copy: {command}").click()
     assert tab.page.evaluate("navigator.clipboard.readText()") == command
