@@ -30,6 +30,7 @@ from bucketdav.errors import (
     UnknownContent,
     UnsafeArchive,
 )
+from bucketdav.public_url import base_url
 from bucketdav.settings import Settings, format_size
 from bucketdav.store.blobs import Blob, Store
 from bucketdav.uploads.naming import filename_segment, normalize_digest
@@ -131,7 +132,7 @@ class Api:
     def connect(self) -> str:
         bottle.response.content_type = "text/html; charset=utf-8"
         bottle.response.set_header("Content-Security-Policy", PAGE_CSP)
-        return pages.connect_page(_base_url())
+        return pages.connect_page(_base_url(self.settings))
 
     def static(self, name: str) -> Any:
         response = bottle.static_file(name, root=str(STATIC_DIR))
@@ -164,7 +165,7 @@ class Api:
                 "algorithm": self.store.algorithm,
                 "size": blob.size,
                 "path": self.store.relative(blob.path),
-                "url": f"{_base_url()}/{quote(self.store.relative(blob.path))}",
+                "url": f"{_base_url(self.settings)}/{quote(self.store.relative(blob.path))}",
             }
         )
 
@@ -256,7 +257,7 @@ class Api:
             describe(
                 outcome,
                 store=self.store,
-                base_url=_base_url(),
+                base_url=_base_url(self.settings),
                 archive_uri=self.settings.archive_uri,
             )
         )
@@ -306,9 +307,14 @@ def _headers() -> dict[str, str]:
     return headers
 
 
-def _base_url() -> str:
-    parts = bottle.request.urlparts
-    return f"{parts.scheme}://{parts.netloc}"
+def _base_url(settings: Settings) -> str:
+    """This server's scheme://host[:port] for absolute URLs in answers (public_url.base_url)."""
+    return base_url(
+        bottle.request.environ,
+        public_url=settings.public_url,
+        proxies=settings.trusted_proxies,
+        listen_host=settings.host,
+    )
 
 
 def _json(data: Any) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bucketdav.public_url import Network, parse_proxies, parse_public_url
 from bucketdav.uploads.templates import Template, TemplateError, parse_template
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
@@ -195,6 +196,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a connection may stay silent, or take to send its request head; a body "
         "bringing under 16 KiB in that time is cut off (408).",
     ),
+    Setting(
+        "BUCKETDAV_PUBLIC_URL",
+        "public_url",
+        "",
+        parse_public_url,
+        "Base URL of answers, listings and the Connect page, such as https://files.example "
+        "behind a proxy; unset, the request's Host (or a trusted proxy's X-Forwarded-Host).",
+    ),
+    Setting(
+        "BUCKETDAV_TRUSTED_PROXIES",
+        "trusted_proxies",
+        "",
+        parse_proxies,
+        "Addresses or networks (10.0.0.0/8) of proxies whose X-Forwarded-Proto and "
+        "X-Forwarded-Host are believed; from anyone else they are ignored.",
+    ),
 )
 
 
@@ -214,6 +231,8 @@ class Settings:
     threads: int
     max_uploads: int
     timeout: float
+    public_url: str | None
+    trusted_proxies: tuple[Network, ...]
     replicate: tuple[Template, ...] = field(default=())
 
     def public(self) -> dict[str, Any]:
@@ -223,6 +242,8 @@ class Settings:
             value = getattr(self, setting.attr)
             if isinstance(value, Path | FreeSpace):
                 value = str(value)
+            elif setting.attr == "trusted_proxies":
+                value = [str(network) for network in value]
             out[setting.name] = value
         out["MAX_CONTENT_LENGTH_TEXT"] = format_size(self.max_content_length)
         for template in self.replicate:

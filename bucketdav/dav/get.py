@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 import select
 import socket
 from collections.abc import Callable, Iterator
@@ -17,6 +18,11 @@ from bucketdav.dav.propfind import http_date
 BLOCK_SIZE = 256 << 10
 # Up to this size a file is read at once: fewer calls per request than an iterator.
 SMALL_FILE = 256 << 10
+# One range of RFC 9110: ASCII digits only, with optional spaces and tabs around them.
+_RANGE_SPEC = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+_OWS = " \t"
+# Past any file size; longer numbers are not converted (int() refuses over 4,300 digits).
+_BEYOND = 1 << 64
 
 
 class Unsatisfiable(ValueError):
@@ -26,30 +32,33 @@ class Unsatisfiable(ValueError):
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
     """The (first, last) byte of a single `bytes=` range; None when it should be ignored."""
     unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    if unit.strip(_OWS).lower() != "bytes" or "," in spec:
         return None  # other units and multiple ranges: send the whole file, as RFC 9110 allows
-    first_text, dash, last_text = spec.strip().partition("-")
-    first_text, last_text = first_text.strip(), last_text.strip()
-    if (
-        not dash
-        or not (first_text.isdigit() or first_text == "")
-        or not (last_text.isdigit() or last_text == "")
-    ):
+    # str.isdigit() and int() take digits of any script (², ٣); an invalid range is ignored.
+    match = _RANGE_SPEC.fullmatch(spec)
+    if match is None:
         return None
+    first_text, last_text = match.groups()
     if first_text == "":
         if last_text == "":
             return None
-        length = int(last_text)
+        length = _position(last_text)
         if length == 0 or size == 0:
             raise Unsatisfiable
         return max(0, size - length), size - 1
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else size - 1
     if last_text and last < first:
         return None
     if first >= size:
         raise Unsatisfiable
     return first, min(last, size - 1)
+
+
+def _position(digits: str) -> int:
+    """A byte position or count of ASCII digits; huge ones are all _BEYOND."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) < 20 else _BEYOND
 
 
 def _etags(header: str) -> list[str]:
