@@ -5,14 +5,19 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import webtest
 from conftest import LiveServer, make_settings
 
+from bucketdav.dav import app as dav_app
+from bucketdav.dav import propfind as dav_propfind
 from bucketdav.dav.app import make_dav_app
 from bucketdav.dav.get import Unsatisfiable, parse_range
+from bucketdav.dav.lookup import Node, PublicTree
+from bucketdav.dav.propfind import BadPropfind, PropRequest, Renderer, parse_propfind
 from bucketdav.store.blobs import Store
 
 MIB = 1 << 20
@@ -106,3 +111,84 @@ def test_dav_live_range_with_a_non_ascii_digit_sends_the_whole_file(live_server)
     )
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:300]
     assert reply.endswith(b"\r\n\r\n" + data)
+
+
+# -- PROPFIND: named properties and a streamed answer ------------------------------------
+
+
+def test_parse_propfind_takes_up_to_the_cap_of_named_properties():
+    limit = dav_propfind.MAX_NAMED_PROPS
+    assert len(parse_propfind(naming(limit)).names) == limit
+    with pytest.raises(BadPropfind, match=f"at most {limit} properties; this one names 7900"):
+        parse_propfind(naming(7900))
+
+
+def test_dav_propfind_naming_more_properties_than_the_cap_is_400(dav):
+    limit = dav_propfind.MAX_NAMED_PROPS
+    resp = dav.request(
+        "/blob/",
+        method="PROPFIND",
+        headers={"Depth": "1", "Content-Type": "application/xml"},
+        body=naming(limit + 1),
+        status=400,
+    )
+    assert resp.text == (
+        f"a PROPFIND may name at most {limit} properties; this one names {limit + 1}\n"
+    )
+
+
+def test_renderer_multistatus_renders_one_node_at_a_time(store):
+    folder = store.root / "replica" / "many"
+    folder.mkdir()
+    for index in range(2000):
+        (folder / f"f{index:04d}.txt").write_bytes(b"x")
+    tree = PublicTree(str(store.root), "md5")
+    taken: list[Node] = []
+
+    def nodes() -> Iterator[Node]:
+        for node in tree.children(tree.lookup("/replica/many")):
+            taken.append(node)
+            yield node
+
+    chunks = iter(
+        Renderer(tree).multistatus(nodes(), PropRequest("prop", (f"{{urn:x}}{'p' * 600}",)))
+    )
+    first = next(chunks)
+    assert first.startswith(b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus ')
+    assert 0 < len(taken) < 200
+    rest = b"".join(chunks)
+    assert len(taken) == 2000
+    assert rest.endswith(b"</D:multistatus>\n")
+
+
+def test_dav_small_propfind_answer_keeps_its_content_length(fast_dav, store):
+    url = blob_url(store, b"small")
+    resp = fast_dav.request(url, method="PROPFIND", headers={"Depth": "0"}, status=207)
+    assert resp.headers["Content-Length"] == str(len(resp.body))
+
+
+def test_dav_live_propfind_answer_is_streamed_not_built_whole(live_server):
+    folder = live_server.root / "replica" / "many"
+    folder.mkdir()
+    for index in range(1000):
+        (folder / f"f{index:04d}.txt").write_bytes(b"x")
+    # The most a body may name, each name long: about 60 KiB of answer per file.
+    body = naming(dav_propfind.MAX_NAMED_PROPS, width=590)
+    assert len(body) < dav_app.MAX_BODY
+    peak_before = status_kib(live_server, "VmHWM")
+    received = 0
+    with socket.create_connection((live_server.host, live_server.port), timeout=30) as sock:
+        sock.sendall(
+            b"PROPFIND /replica/many/ HTTP/1.1\r\nHost: t\r\nDepth: 1\r\nConnection: close\r\n"
+            b"Content-Type: application/xml\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = sock.recv(65536)
+        received = len(head)
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    assert head.startswith(b"HTTP/1.1 207 ")
+    assert received > 50 * MIB
+    assert status_kib(live_server, "VmHWM") - peak_before < 64 * 1024
+    assert live_server.request("GET", "/healthz").status == 200

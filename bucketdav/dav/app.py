@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from wsgidav.error_printer import ErrorPrinter
@@ -118,6 +118,29 @@ def read_bounded(environ: dict[str, Any], limit: int) -> bytes | None:
     return None if len(data) > limit else data
 
 
+def _streamed(
+    start_response: Callable[..., Any],
+    status: str,
+    headers: list[tuple[str, str]],
+    chunks: Iterator[bytes],
+) -> Iterable[bytes]:
+    """Send `chunks` with a Content-Length when they are only one, else one by one as made."""
+    first = next(chunks)
+    second = next(chunks, None)
+    if second is None:
+        start_response(status, [*headers, ("Content-Length", str(len(first)))])
+        return [first]
+    start_response(status, headers)
+    return _chained(first, second, chunks)
+
+
+def _chained(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    # A generator, so that closing the answer (a client gone) closes `rest` and its listing.
+    yield first
+    yield second
+    yield from rest
+
+
 def _member_count(real: str) -> int | None:
     """How many entries a folder holds, or None when it cannot be read."""
     try:
@@ -225,22 +248,24 @@ class DavApp:
         if node is None:
             return _plain(start_response, "404 Not Found", "not found\n")
         # WsgiDAV 4.4 reads propname as "name" and answers it empty, so propname is ours too.
+        # WsgiDAV builds its answer whole; only the comparison tests (fast off) send it
+        # a PROPFIND, with the same caps on Depth and named properties.
         if self.fast or request.mode == "propname":
-            nodes: list[Node] = [node]
-            if depth == "1" and node.is_dir:
-                nodes.extend(self.tree.children(node))
-            xml = self.renderer.multistatus(nodes, request)
-            start_response(
+            nodes = self._listed(node) if depth == "1" and node.is_dir else [node]
+            return _streamed(
+                start_response,
                 "207 Multi-Status",
-                [
-                    ("Content-Type", "application/xml; charset=utf-8"),
-                    ("Content-Length", str(len(xml))),
-                ],
+                [("Content-Type", "application/xml; charset=utf-8")],
+                self.renderer.multistatus(nodes, request),
             )
-            return [xml]
         _replace_body(environ, body)
         environ["HTTP_DEPTH"] = depth
         return self.wsgidav(environ, start_response)
+
+    def _listed(self, node: Node) -> Iterator[Node]:
+        """A folder and then its members, as they are read."""
+        yield node
+        yield from self.tree.children(node)
 
     def _listing(
         self, environ: dict[str, Any], start_response: Callable[..., Any], node: Node, *, head: bool

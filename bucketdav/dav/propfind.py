@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 from xml.etree.ElementTree import Element, ParseError
@@ -34,6 +34,12 @@ ALLPROP = tuple(
 KNOWN = frozenset((*ALLPROP, CHECKSUMS))
 # Bytes one PROPFIND may hash to answer checksums of files that are not blobs.
 HASH_BUDGET = 64 << 20
+# Clients name a dozen or two; each named property is answered for every node listed.
+MAX_NAMED_PROPS = 100
+# The answer goes out in pieces of about this many characters, whatever its whole size.
+STREAM_BATCH = 64 << 10
+_HEAD = f'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:" xmlns:oc="{OC}">'
+_TAIL = "</D:multistatus>\n"
 # Paths made only of these need no percent-encoding (most names in a store).
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -82,6 +88,10 @@ def parse_propfind(body: bytes) -> PropRequest:
     if choice.tag == "{DAV:}propname":
         return PropRequest("propname")
     names = tuple(dict.fromkeys(child.tag for child in choice if isinstance(child.tag, str)))
+    if len(names) > MAX_NAMED_PROPS:
+        raise BadPropfind(
+            f"a PROPFIND may name at most {MAX_NAMED_PROPS} properties; this one names {len(names)}"
+        )
     return PropRequest("prop", names)
 
 
@@ -138,21 +148,34 @@ class Renderer:
             CHECKSUMS: self._checksums,
         }
 
-    def multistatus(self, nodes: Iterable[Node], request: PropRequest) -> bytes:
-        """The whole 207 body for `nodes` answering `request`."""
-        if request.mode == "propname":
-            return self._propnames(nodes)
+    def multistatus(self, nodes: Iterable[Node], request: PropRequest) -> Iterator[bytes]:
+        """The 207 body for `nodes` answering `request`, rendered one node at a time.
+
+        Pieces of about STREAM_BATCH characters are yielded, so memory stays the same
+        however many nodes and named properties the answer has.
+        """
+        render = self._propnames if request.mode == "propname" else self._props(request)
+        parts = [_HEAD]
+        size = len(_HEAD)
+        for node in nodes:
+            text = render(node)
+            parts.append(text)
+            size += len(text)
+            if size >= STREAM_BATCH:
+                yield "".join(parts).encode("utf-8")
+                parts, size = [], 0
+        parts.append(_TAIL)
+        yield "".join(parts).encode("utf-8")
+
+    def _props(self, request: PropRequest) -> Callable[[Node], str]:
+        """A function rendering one node's response element for `request` (allprop or prop)."""
         budget = [HASH_BUDGET]
         names = ALLPROP if request.mode == "allprop" else request.names
         strict = request.mode == "prop"
         # One getter per asked name, looked up once per request rather than per node.
         getters = [(self._getters.get(name), _empty_element(name)) for name in names]
-        parts = [
-            '<?xml version="1.0" encoding="utf-8"?>\n'
-            f'<D:multistatus xmlns:D="DAV:" xmlns:oc="{OC}">'
-        ]
-        append = parts.append
-        for node in nodes:
+
+        def render(node: Node) -> str:
             found = []
             missing = []
             for getter, empty in getters:
@@ -161,29 +184,22 @@ class Renderer:
                     found.append(value)
                 elif strict:
                     missing.append(empty)
-            append(f"<D:response><D:href>{href_of(node)}</D:href>")
+            text = f"<D:response><D:href>{href_of(node)}</D:href>"
             if found:
-                append(f"<D:propstat><D:prop>{''.join(found)}</D:prop>{_OK}")
+                text += f"<D:propstat><D:prop>{''.join(found)}</D:prop>{_OK}"
             if missing:
-                append(f"<D:propstat><D:prop>{''.join(missing)}</D:prop>{_NOT_FOUND}")
-            append("</D:response>")
-        append("</D:multistatus>\n")
-        return "".join(parts).encode("utf-8")
+                text += f"<D:propstat><D:prop>{''.join(missing)}</D:prop>{_NOT_FOUND}"
+            return text + "</D:response>"
 
-    def _propnames(self, nodes: Iterable[Node]) -> bytes:
-        parts = [
-            '<?xml version="1.0" encoding="utf-8"?>\n'
-            f'<D:multistatus xmlns:D="DAV:" xmlns:oc="{OC}">'
-        ]
-        for node in nodes:
-            names = ALLPROP[:4] if node.is_dir else (*ALLPROP, CHECKSUMS)
-            parts.append(
-                f"<D:response><D:href>{href_of(node)}</D:href><D:propstat><D:prop>"
-                f"{''.join(_empty_element(name) for name in names)}</D:prop>"
-                "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
-            )
-        parts.append("</D:multistatus>\n")
-        return "".join(parts).encode("utf-8")
+        return render
+
+    def _propnames(self, node: Node) -> str:
+        names = ALLPROP[:4] if node.is_dir else (*ALLPROP, CHECKSUMS)
+        return (
+            f"<D:response><D:href>{href_of(node)}</D:href><D:propstat><D:prop>"
+            f"{''.join(_empty_element(name) for name in names)}</D:prop>"
+            "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+        )
 
     def _resourcetype(self, node: Node, budget: list[int]) -> str:
         return _COLLECTION if node.is_dir else "<D:resourcetype/>"
