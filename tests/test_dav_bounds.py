@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +194,64 @@ def test_dav_live_propfind_answer_is_streamed_not_built_whole(live_server):
     assert received > 50 * MIB
     assert status_kib(live_server, "VmHWM") - peak_before < 64 * 1024
     assert live_server.request("GET", "/healthz").status == 200
+
+
+# -- slow bodies --------------------------------------------------------------------------
+
+
+def test_dav_live_trickled_bodies_are_cut_off_and_healthz_answers(live_server_factory):
+    server = live_server_factory(BUCKETDAV_THREADS="2", BUCKETDAV_TIMEOUT="1")
+    started = time.monotonic()
+    tricklers = []
+    for _ in range(2):
+        sock = socket.create_connection((server.host, server.port), timeout=10)
+        sock.sendall(b"PROPFIND / HTTP/1.1\r\nHost: t\r\nDepth: 0\r\nContent-Length: 1000\r\n\r\n<")
+        sock.setblocking(False)
+        tricklers.append(sock)
+    health: dict[str, float | int] = {}
+
+    def probe() -> None:
+        conn = server.connection(timeout=20)
+        try:
+            conn.request("GET", "/healthz")
+            health["status"] = conn.getresponse().status
+            health["at"] = time.monotonic()
+        finally:
+            conn.close()
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    answers: dict[int, tuple[bytes, float]] = {}
+    try:
+        # A byte every 0.2 s: never silent for the idle timeout, far under 16 KiB a second.
+        while len(answers) < len(tricklers) and time.monotonic() - started < 8:
+            for index, sock in enumerate(tricklers):
+                if index in answers:
+                    continue
+                with contextlib.suppress(BlockingIOError):
+                    answers[index] = (sock.recv(4096), time.monotonic())
+                    continue
+                with contextlib.suppress(OSError):
+                    sock.send(b" ")
+            time.sleep(0.2)
+    finally:
+        for sock in tricklers:
+            sock.close()
+        prober.join(30)
+    assert [answer.split(b"\r\n", 1)[0] for answer, _ in answers.values()] == [
+        b"HTTP/1.1 408 Request Timeout"
+    ] * 2
+    cut = max(at for _, at in answers.values())
+    assert cut - started < 4
+    assert health["status"] == 200
+    assert health["at"] - cut < 1
+
+
+def test_dav_body_shorter_than_its_content_length_is_400(fast_dav):
+    body = b'<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
+    request = webtest.TestRequest.blank("/", method="PROPFIND", headers={"Depth": "0"}, body=body)
+    request.environ["CONTENT_LENGTH"] = str(len(body) + 50)
+    resp = fast_dav.do_request(request, status="*")
+    assert resp.status_int == 400
+    assert resp.headers["Connection"] == "close"
+    assert resp.text == f"the body ended after {len(body)} of {len(body) + 50} bytes\n"

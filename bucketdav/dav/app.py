@@ -6,6 +6,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 from wsgidav.error_printer import ErrorPrinter
@@ -13,15 +14,16 @@ from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
-from bucketdav.api import PAGE_CSP
+from bucketdav.api import PAGE_CSP, status_of
 from bucketdav.dav import listing
 from bucketdav.dav.get import serve_file
 from bucketdav.dav.lookup import Node, PublicTree
 from bucketdav.dav.propfind import BadPropfind, Renderer, href_of, parse_propfind
 from bucketdav.dav.provider import StoreProvider
+from bucketdav.errors import ClientGone, TooLarge
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Store
-from bucketdav.uploads.receive import stop_reading
+from bucketdav.uploads.receive import body_chunks, stop_reading
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def make_dav_app(settings: Settings, store: Store, *, fast: bool = True) -> Wsgi
     """
     tree = PublicTree(str(store.root), store.algorithm)
     wsgidav = WsgiDAVApp(dav_config(StoreProvider(tree)))
-    return DavApp(tree, wsgidav, fast=fast)
+    return DavApp(tree, wsgidav, fast=fast, timeout=settings.timeout)
 
 
 def _plain(
@@ -101,21 +103,30 @@ def _body_length(environ: dict[str, Any]) -> int | None:
     if not text:
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         return -1 if chunked else 0
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
-def read_bounded(environ: dict[str, Any], limit: int) -> bytes | None:
-    """The request body, or None when it is longer than `limit`."""
+def read_bounded(environ: dict[str, Any], limit: int, *, timeout: float | None) -> bytes | None:
+    """The request body, or None when it is longer than `limit`.
+
+    The uploads' rate rule applies (TooSlow under MIN_BYTES_PER_TIMEOUT per `timeout`
+    seconds), and a body that ends early is ClientGone: a small body sent slowly would
+    otherwise hold a worker for as long as the client likes.
+    """
     length = _body_length(environ)
     if length is None or length > limit:
         return None
-    stream = environ["wsgi.input"]
     if length == 0:
         return b""
-    if length > 0:
-        return stream.read(length)
-    data = stream.read(limit + 1)
-    return None if len(data) > limit else data
+    data = bytearray()
+    try:
+        for chunk in body_chunks(
+            environ, length=None if length < 0 else length, limit=limit, timeout=timeout
+        ):
+            data += chunk
+    except TooLarge:
+        return None
+    return bytes(data)
 
 
 def _streamed(
@@ -159,10 +170,13 @@ def _replace_body(environ: dict[str, Any], body: bytes) -> None:
 class DavApp:
     """Guards every request (methods, paths, Depth, body size), then answers or hands over."""
 
-    def __init__(self, tree: PublicTree, wsgidav: WsgiApp, *, fast: bool) -> None:
+    def __init__(
+        self, tree: PublicTree, wsgidav: WsgiApp, *, fast: bool, timeout: float | None = None
+    ) -> None:
         self.tree = tree
         self.wsgidav = wsgidav
         self.fast = fast
+        self.timeout = timeout
         self.renderer = Renderer(tree)
 
     def __call__(
@@ -174,7 +188,12 @@ class DavApp:
         if _body_length(environ) is None:
             stop_reading(environ)
             return _plain(start_response, "400 Bad Request", "invalid Content-Length\n", _CLOSE)
-        body = read_bounded(environ, MAX_BODY)
+        try:
+            body = read_bounded(environ, MAX_BODY, timeout=self.timeout)
+        except ClientGone as exc:
+            stop_reading(environ)
+            code = status_of(exc)
+            return _plain(start_response, f"{code} {HTTPStatus(code).phrase}", f"{exc}\n", _CLOSE)
         if method not in READ_METHODS:
             return self._refuse(environ, start_response, method, close=body is None)
         if body is None:
