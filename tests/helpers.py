@@ -74,3 +74,24 @@ def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> by
             info.linkname = target
             tar.addfile(info)
     return buf.getvalue()
+
+
+def raw_tar_header(name: bytes, kind: bytes, size: int, *, link: bytes = b"") -> bytes:
+    """One ustar header block, written field by field (for headers tarfile would not write)."""
+    block = bytearray(512)
+    block[0:100] = name[:100].ljust(100, b"\0")
+    block[100:108] = b"0000644\0"
+    block[108:124] = b"0000000\0" * 2
+    block[124:136] = b"%011o\0" % size
+    block[136:148] = b"14536621000\0"
+    block[156:157] = kind
+    block[157:257] = link[:100].ljust(100, b"\0")
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def tar_blocks(*parts: bytes) -> bytes:
+    """A tar of `parts` (each a header and its data), each padded to 512 bytes, then the end."""
+    return b"".join(part + b"\0" * (-len(part) % 512) for part in parts) + b"\0" * 1024

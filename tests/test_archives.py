@@ -10,11 +10,15 @@ import io
 import lzma
 import os
 import random
+import shutil
 import stat
+import struct
+import subprocess
 import tarfile
 import threading
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -414,10 +418,140 @@ def test_archives_modes_are_sane_whatever_the_archive_says(store):
     assert stat.S_IMODE((tree / "open" / "f").stat().st_mode) == 0o444
 
 
-def test_archives_zip_names_without_utf8_flag_are_cp437(store):
-    data = zip_bytes([F("Xber.txt", b"u")]).replace(b"Xber.txt", b"\x81ber.txt")
-    tree = run(store, data, "legacy.zip").archive.path
-    assert [p.name for p in tree.iterdir()] == ["über.txt"]
+UNICODE_NAME = "données/naïve ☃.txt"
+
+
+def zip_with_raw_name(raw: bytes, *, extra: bytes = b"") -> bytes:
+    """A zip of one file whose name is the bytes `raw`, without the UTF-8 flag."""
+    placeholder = b"Q" * len(raw)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        info = zipfile.ZipInfo(placeholder.decode(), (2024, 1, 2, 3, 4, 6))
+        info.extra = extra
+        archive.writestr(info, b"content")
+    data = buf.getvalue()
+    assert data.count(placeholder) == 2  # the local header and the central directory
+    return data.replace(placeholder, raw)
+
+
+def unicode_path_field(name: str, *, made_for: bytes) -> bytes:
+    """An Info-ZIP Unicode Path field (0x7075): `name`, made for the header name `made_for`."""
+    data = b"\x01" + struct.pack("<L", zlib.crc32(made_for)) + name.encode()
+    return struct.pack("<2H", 0x7075, len(data)) + data
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        pytest.param(zip_bytes([F(UNICODE_NAME, b"content")]), UNICODE_NAME, id="utf8-flag"),
+        pytest.param(zip_with_raw_name(UNICODE_NAME.encode()), UNICODE_NAME, id="utf8-no-flag"),
+        pytest.param(zip_with_raw_name(b"\x81ber.txt"), "über.txt", id="cp437"),
+        pytest.param(
+            zip_with_raw_name(
+                b"na\x8bve.txt", extra=unicode_path_field("naïve ☃.txt", made_for=b"na\x8bve.txt")
+            ),
+            "naïve ☃.txt",
+            id="unicode-path-field",
+        ),
+        pytest.param(
+            zip_with_raw_name(
+                b"na\x8bve.txt", extra=unicode_path_field("stale.txt", made_for=b"other.txt")
+            ),
+            "naïve.txt",
+            id="stale-unicode-path-field",
+        ),
+    ],
+)
+def test_archives_zip_names_are_those_unzip_shows(store, data, name):
+    tree = run(store, data, "names.zip").archive.path
+    assert (tree / name).read_bytes() == b"content"
+
+
+def test_archives_zip_made_by_info_zip_keeps_its_utf8_names(store, tmp_path):
+    zip_tool = shutil.which("zip")
+    if zip_tool is None:
+        pytest.skip("the zip command is not installed")
+    source = tmp_path / "src"
+    (source / "données").mkdir(parents=True)
+    (source / UNICODE_NAME).write_bytes(b"content")
+    subprocess.run(
+        [zip_tool, "-qr", tmp_path / "out.zip", "."],
+        cwd=source,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+        check=True,
+    )
+    tree = run(store, (tmp_path / "out.zip").read_bytes(), "out.zip").archive.path
+    assert (tree / UNICODE_NAME).read_bytes() == b"content"
+    assert [p.name for p in tree.iterdir()] == ["données"]
+
+
+def zip_claiming(entries: int, *, zip64: bool, extra_entries: int = 0) -> bytes:
+    """A valid one-file zip whose end record declares `entries`; `extra_entries` more
+    copies of its directory entry make the directory really hold that many more."""
+    data = zip_bytes([F("a", b"x")])
+    end = data.rindex(b"PK\x05\x06")
+    fields = list(struct.unpack("<4s4H2LH", data[end : end + 22]))
+    entry = data[fields[6] : end]
+    directory = entry * (1 + extra_entries)
+    body = data[: fields[6]] + directory
+    if not zip64:
+        fields[3] = fields[4] = entries
+        fields[5] = len(directory)
+        return body + struct.pack("<4s4H2LH", *fields)
+    record = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, len(directory), fields[6]
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(body), 1)
+    end_record = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0
+    )
+    return body + record + locator + end_record
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        pytest.param(zip_claiming(1001, zip64=False), "declares 1001 members", id="end-record"),
+        pytest.param(zip_claiming(4_000_000, zip64=True), "declares 4000000 members", id="zip64"),
+        pytest.param(
+            zip_claiming(1, zip64=False, extra_entries=1000),
+            "has more than 1000 members",
+            id="directory-holds-more",
+        ),
+    ],
+)
+def test_archives_zip_with_too_many_entries_is_refused_before_zipfile_reads_it(
+    store, monkeypatch, data, reason
+):
+    def no_zipfile(*args, **kwargs):
+        raise AssertionError("zipfile read the directory")
+
+    monkeypatch.setattr(zipfile, "ZipFile", no_zipfile)
+    message = refused(store, data, member="many.zip", name="many.zip", max_files=1000)
+    assert reason in message
+    assert "BUCKETDAV_EXTRACT_MAX_FILES (1000)" in message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        pytest.param(lambda d: d[:-22], "no end of central directory record", id="no-end"),
+        pytest.param(
+            lambda d: d[:-10] + struct.pack("<L", 1 << 30) + d[-6:],
+            "larger than the",
+            id="directory-larger-than-file",
+        ),
+        pytest.param(
+            lambda d: d.replace(b"PK\x01\x02", b"PK\x09\x09"),
+            "something other than entries",
+            id="bad-entry",
+        ),
+    ],
+)
+def test_archives_zip_with_an_impossible_directory_is_refused(store, mutate, reason):
+    message = refused(store, mutate(zip_bytes([F("a", b"x")])), member="bad.zip", name="bad.zip")
+    assert "truncated or malformed" in message
+    assert reason in message
 
 
 def test_archives_nested_archive_is_a_plain_file(store):

@@ -211,10 +211,12 @@ def extract(
     final = store.tree_path(blob.digest)
     if final.is_dir():
         return Tree(blob.digest, final, count_files(final), created=False)
-    members: Callable[[Path, str], Iterator[Member]] = tar_members if kind == "tar" else zip_members
-    return _extract(
-        store, members(blob.path, name), lambda: blob, max_bytes=max_bytes, max_files=max_files
+    members: Iterator[Member] = (
+        tar_members(blob.path, name)
+        if kind == "tar"
+        else zip_members(blob.path, name, max_files=max_files)
     )
+    return _extract(store, members, lambda: blob, max_bytes=max_bytes, max_files=max_files)
 
 
 def _extract(

@@ -47,17 +47,18 @@ def refuse(name: str, reason: str, *, what: str = "archive member") -> UnsafeArc
     )
 
 
-def _check_text(name: str, what: str) -> None:
+def _check_text(text: str, what: str, *, member: str | None = None) -> None:
     """Refuse text no file system path should hold: NUL, control characters, stray bytes."""
-    if not name:
+    name = text if member is None else member
+    if not text:
         raise refuse(name, f"has an empty {what}")
-    if _DUBIOUS.search(name):
-        if "\x00" in name:
+    if _DUBIOUS.search(text):
+        if "\x00" in text:
             raise refuse(name, f"has a NUL byte in its {what}")
-        if _SURROGATE.search(name):
+        if _SURROGATE.search(text):
             raise refuse(name, f"has a {what} that is not valid UTF-8")
         raise refuse(name, f"has a control character in its {what}")
-    if len(name) * 4 > MAX_PATH_BYTES and len(name.encode("utf-8")) > MAX_PATH_BYTES:
+    if len(text) * 4 > MAX_PATH_BYTES and len(text.encode("utf-8")) > MAX_PATH_BYTES:
         raise refuse(name, f"has a {what} longer than {MAX_PATH_BYTES} bytes")
 
 
@@ -87,7 +88,7 @@ def member_path(name: str) -> MemberPath:
 
 def check_symlink_text(name: str, target: str) -> None:
     """Refuse a symlink target that is absolute or not a plain relative path."""
-    _check_text(target, "link target")
+    _check_text(target, "link target", member=name)
     if len(target.encode("utf-8")) >= MAX_PATH_BYTES:
         # symlink() takes at most PATH_MAX - 1 bytes.
         raise refuse(name, f"is a link whose target is {MAX_PATH_BYTES} bytes or longer")

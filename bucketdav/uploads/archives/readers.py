@@ -8,7 +8,6 @@ import lzma
 import os
 import stat
 import struct
-import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -18,19 +17,43 @@ from typing import BinaryIO
 
 from bucketdav.errors import UnsafeArchive
 from bucketdav.uploads.archives.members import Kind, refuse
+from bucketdav.uploads.archives.tarformat import (
+    BLOCK,
+    LONG_TYPES,
+    PAX_TYPES,
+    HeaderFault,
+    Pax,
+    blocks,
+    check_sparse,
+    checksum_fault,
+    extension_pairs,
+    parse_header,
+    pax_records,
+    sparse_map_1_0,
+    text,
+)
+from bucketdav.uploads.archives.zipformat import (
+    ENTRY_SIZE,
+    TAIL_SIZE,
+    DirectoryFault,
+    entry_lengths,
+    find_directory,
+    member_name,
+)
 
 READ_SIZE = 1 << 20
-# tarfile reads a pax or GNU long-name header whole; more than this is not a real header.
+# Pax records, GNU long names and sparse maps of one member are read whole; more than
+# this is not a real header.
 MAX_HEADER_READ = 1 << 20
+# zipfile reads the central directory whole; real ones take well under 1 KiB an entry.
+MAX_DIRECTORY_BYTES = 64 << 20
 # zipfile hands an LZMA member's decompressor one read of at least 4 KiB at a time,
 # without an output bound; asking for no more keeps one call's output small.
 LZMA_READ_SIZE = 4096
 MAX_SYMLINK_TARGET = 4096
-_TAR_BLOCK = 512
 
-# What tarfile, zipfile and the decompressors raise on damaged or hostile input.
+# What zipfile and the decompressors raise on damaged or hostile input.
 ARCHIVE_ERRORS = (
-    tarfile.TarError,
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
     EOFError,
@@ -72,52 +95,18 @@ def malformed(name: str, *, what: str = "archive member") -> Iterator[None]:
         ) from None
 
 
-class _CappedReader:
-    """A file for tarfile that refuses single reads too big to be a header.
-
-    It keeps its own position, so tarfile's frequent tell() costs no system call, and
-    waits through `follow` for bytes that a decompressing thread has yet to write.
-    """
-
-    def __init__(self, raw: BinaryIO, archive: str, follow: Callable[[int], None]) -> None:
-        self.raw = raw
-        self.archive = archive
-        self.follow = follow
-        self.position = 0
-        self.mode = "rb"
-
-    def read(self, size: int = -1) -> bytes:
-        if size < 0 or size > MAX_HEADER_READ:
-            raise refuse(
-                self.archive, f"has a header of more than {MAX_HEADER_READ} bytes", what="archive"
-            )
-        self.follow(self.position + size)
-        data = self.raw.read(size)
-        self.position += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.position = self.raw.seek(offset, whence)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
-
-
-def _tar_kind(info: tarfile.TarInfo) -> Kind:
-    if info.isreg():
-        return Kind.FILE
-    if info.isdir():
-        return Kind.DIR
-    if info.issym():
-        return Kind.SYMLINK
-    if info.islnk():
-        return Kind.HARDLINK
-    if info.ischr() or info.isblk():
-        return Kind.DEVICE
-    if info.isfifo():
-        return Kind.FIFO
-    return Kind.OTHER
+_TAR_KINDS = {
+    ord("0"): Kind.FILE,
+    0: Kind.FILE,
+    ord("7"): Kind.FILE,
+    ord("S"): Kind.FILE,
+    ord("1"): Kind.HARDLINK,
+    ord("2"): Kind.SYMLINK,
+    ord("3"): Kind.DEVICE,
+    ord("4"): Kind.DEVICE,
+    ord("5"): Kind.DIR,
+    ord("6"): Kind.FIFO,
+}
 
 
 def _present(end: int) -> None:
@@ -129,32 +118,175 @@ def tar_members(
 ) -> Iterator[Member]:
     """The members of the plain tar at `path`, in order, each readable while it is current.
 
-    `follow(end)` returns once the file holds `end` bytes or will not grow any more; it
-    lets the members be read while the file is still being written.
+    Every header is checked strictly before anything is made of it. `follow(end)` returns
+    once the file holds `end` bytes or will not grow any more; it lets the members be read
+    while the file is still being written.
     """
     with open(path, "rb") as raw:
-        fd = raw.fileno()
-        with malformed(archive, what="archive"):
-            tar = tarfile.open(  # noqa: SIM115 - closed with `raw`, read member by member
-                fileobj=_CappedReader(raw, archive, follow),
-                mode="r:",
-                encoding="utf-8",
-                errors="surrogateescape",
-            )
-        last, what = archive, "archive"
+        reader = _TarReader(raw.fileno(), archive, follow)
+        position = 0
+        while (found := reader.member(position)) is not None:
+            member, position = found
+            yield member
+            reader.last = member.name
+
+
+class _TarReader:
+    """Reads one tar's header chains (pax, GNU long names, sparse maps) into members."""
+
+    def __init__(self, fd: int, archive: str, follow: Callable[[int], None]) -> None:
+        self.fd = fd
+        self.archive = archive
+        self.follow = follow
+        self.last: str | None = None
+        self.globals = Pax()
+
+    def read(self, at: int, size: int) -> bytes:
+        """`size` bytes at `at`, or fewer where the file ends."""
+        self.follow(at + size)
+        return os.pread(self.fd, size, at)
+
+    def member(self, start: int) -> tuple[Member, int] | None:
+        """The member whose headers begin at `start` and where the next begins; None at the end."""
+        own = Pax()
+        long_names: dict[int, str] = {}
+        extra = 0
+        at = start
         while True:
-            with malformed(last, what=what):
-                info = tar.next()
-            if info is None:
+            block = self.read(at, BLOCK)
+            if not block.strip(b"\0"):
+                if at == start:
+                    return None
+                raise self._refuse_at(at, "ends where the member of its extended header should be")
+            if len(block) < BLOCK:
+                if at == start and self.last is not None:
+                    raise refuse(
+                        self.last,
+                        "is followed by a damaged or truncated header: the archive is malformed",
+                    )
+                raise self._refuse_at(at, "ends inside a header: the archive is truncated")
+            fault = checksum_fault(block)
+            if fault is not None:
+                if self.last is not None and at == start:
+                    raise refuse(
+                        self.last, f"is followed by a damaged header at offset {at} ({fault})"
+                    )
+                raise self._refuse_at(at, f"has a damaged header ({fault})")
+            if block[156] not in PAX_TYPES and block[156] not in LONG_TYPES:
                 break
-            last, what = info.name, "archive member"
-            if info.sparse is not None:
-                chunks = _tar_extracted(tar, info)
-            else:
-                chunks = _tar_span(fd, info.name, info.offset_data, info.size, follow)
-            yield Member(info.name, _tar_kind(info), info.size, info.linkname, chunks)
-        follow(tar.offset + _TAR_BLOCK)
-        _check_tar_end(fd, tar.offset, last)
+            try:
+                header = parse_header(block)
+                extra += header.size
+                if extra > MAX_HEADER_READ:
+                    raise refuse(
+                        self.archive,
+                        f"has a header of more than {MAX_HEADER_READ} bytes (at offset {start})",
+                        what="archive",
+                    )
+                data = self.read(at + BLOCK, header.size)
+                if len(data) < header.size:
+                    raise self._refuse_at(at, "is cut short in a header: the archive is truncated")
+                if header.type == ord("g"):
+                    self.globals.update(pax_records(data))
+                elif header.type in PAX_TYPES:
+                    own.update(pax_records(data))
+                else:
+                    long_names[header.type] = text(data)
+            except HeaderFault as exc:
+                raise self._refuse_at(at, f"has a malformed extended header: {exc}") from None
+            at += BLOCK + blocks(header.size)
+        pax = self.globals.merged(own)
+        # A member's own pax record beats a GNU long name, which beats a global record.
+        candidates = (
+            pax.name("GNU.sparse.name"),
+            own.name("path"),
+            long_names.get(ord("L")),
+            pax.name("path"),
+            header_name(block),
+        )
+        name = next(c for c in candidates if c is not None)
+        if not name:
+            raise self._refuse_at(at, "has a member without a name")
+        try:
+            return self._member(block, at, name, pax, long_names, extra)
+        except HeaderFault as exc:
+            raise refuse(name, f"has a malformed tar header at offset {at}: {exc}") from None
+
+    def _member(
+        self, block: bytes, at: int, name: str, pax: Pax, long_names: dict[int, str], extra: int
+    ) -> tuple[Member, int]:
+        header = parse_header(block)
+        links = (pax.name("linkpath"), long_names.get(ord("K")), header.linkname)
+        link = next(c for c in links if c is not None)
+        kind = _TAR_KINDS.get(header.type, Kind.OTHER)
+        if header.type == 0 and name.endswith("/"):
+            kind = Kind.DIR  # old tars mark a directory by its name alone
+        if kind is Kind.DIR:
+            # Named as tar lists it, so that messages and duplicates match: `a/` is `a`.
+            name = name.rstrip("/") or name
+        stored = pax.number("size")
+        stored = header.size if stored is None else stored
+        data_at = at + BLOCK
+        if not header.has_data:
+            return Member(name, kind, 0, link), data_at
+        end = data_at + blocks(stored)
+        sparse = None
+        if header.type == ord("S"):
+            sparse, realsize = header.sparse, header.realsize
+            more = header.extended
+            while more:
+                extension = self.read(data_at, BLOCK)
+                extra += BLOCK
+                if len(extension) < BLOCK or extra > MAX_HEADER_READ:
+                    raise HeaderFault("its sparse extension blocks are cut short or too many")
+                pairs, more = extension_pairs(extension)
+                sparse += pairs
+                data_at += BLOCK
+            end = data_at + blocks(stored)
+        elif kind is Kind.FILE and pax.sparse_version is not None:
+            sparse, realsize, used = self._pax_sparse(pax, data_at, stored, extra)
+            data_at += used
+            stored -= used
+        if sparse is None:
+            chunks = _tar_span(self.fd, name, data_at, stored, self.follow)
+            return Member(name, kind, stored, link, chunks), end
+        check_sparse(sparse, realsize=realsize, stored=stored)
+        chunks = _sparse_span(self.fd, name, data_at, sparse, realsize, self.follow)
+        return Member(name, kind, realsize, link, chunks), end
+
+    def _pax_sparse(
+        self, pax: Pax, data_at: int, stored: int, extra: int
+    ) -> tuple[list[tuple[int, int]], int, int]:
+        """The map, real size and map bytes of a pax sparse member (GNU 0.0, 0.1 or 1.0)."""
+        if pax.sparse_version != "1.0":
+            realsize = pax.number("GNU.sparse.size")
+            assert realsize is not None  # the version says the keyword is there
+            return pax.sparse_map(), realsize, 0
+        realsize = pax.number("GNU.sparse.realsize")
+        if realsize is None:
+            raise HeaderFault("its pax sparse 1.0 records lack GNU.sparse.realsize")
+        data = b""
+        while (found := sparse_map_1_0(data)) is None:
+            chunk = self.read(data_at + len(data), BLOCK)
+            if len(chunk) < BLOCK or len(data) + extra + BLOCK > min(stored, MAX_HEADER_READ):
+                raise HeaderFault("its sparse map is cut short or too long")
+            data += chunk
+        pairs, used = found
+        if used > stored:
+            raise HeaderFault("its sparse map is longer than its data")
+        return pairs, realsize, used
+
+    def _refuse_at(self, at: int, reason: str) -> UnsafeArchive:
+        return refuse(self.archive, f"{reason} at offset {at}", what="archive")
+
+
+def header_name(block: bytes) -> str:
+    """The member name a header block holds, read without trusting its other fields."""
+    name = text(block[0:100])
+    prefix = text(block[345:500]) if block[257:263] == b"ustar\x00" else ""
+    if prefix and block[156] != ord("S"):
+        return prefix + "/" + name
+    return name
 
 
 def _tar_span(
@@ -174,22 +306,28 @@ def _tar_span(
     return chunks
 
 
-def _tar_extracted(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Callable[[], Iterator[bytes]]:
+def _sparse_span(
+    fd: int,
+    name: str,
+    offset: int,
+    pairs: list[tuple[int, int]],
+    realsize: int,
+    follow: Callable[[int], None],
+) -> Callable[[], Iterator[bytes]]:
+    """A sparse member's bytes: its stored pieces, with zeros in the holes between them."""
+
     def chunks() -> Iterator[bytes]:
-        with malformed(info.name):
-            stream = tar.extractfile(info)
-            assert stream is not None
-            while data := stream.read(READ_SIZE):
-                yield data
+        stored, position = offset, 0
+        for start, size in [*pairs, (realsize, 0)]:
+            hole = start - position
+            while hole:
+                yield bytes(min(hole, READ_SIZE))
+                hole -= min(hole, READ_SIZE)
+            yield from _tar_span(fd, name, stored, size, follow)()
+            stored += size
+            position = start + size
 
     return chunks
-
-
-def _check_tar_end(fd: int, offset: int, last: str) -> None:
-    """tarfile stops quietly at a damaged header: after the last member only zeros may follow."""
-    block = os.pread(fd, _TAR_BLOCK, offset)
-    if block.strip(b"\0"):
-        raise refuse(last, "is followed by a damaged or truncated header: the archive is malformed")
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> Kind:
@@ -208,14 +346,20 @@ def _zip_kind(info: zipfile.ZipInfo) -> Kind:
     return Kind.FILE
 
 
-def zip_members(path: Path, archive: str) -> Iterator[Member]:
-    """The members of the zip at `path`, in central-directory order."""
+def zip_members(path: Path, archive: str, *, max_files: int | None = None) -> Iterator[Member]:
+    """The members of the zip at `path`, in central-directory order.
+
+    The directory's size and entry count are checked first, so that a zip declaring
+    more than `max_files` entries costs no more than reading its directory's records.
+    """
+    with open(path, "rb") as raw:
+        _check_directory(raw, archive, max_files)
     with malformed(archive, what="archive"):
         archive_file = zipfile.ZipFile(path)
     with archive_file, open(path, "rb") as raw:
         for info in archive_file.infolist():
-            # orig_filename keeps what follows a NUL; zipfile's filename silently drops it.
-            name = info.orig_filename
+            with malformed(info.orig_filename):
+                name = _zip_name(info)
             kind = _zip_kind(info)
             if info.compress_type == zipfile.ZIP_BZIP2:
                 chunks = _zip_bzip2(raw.fileno(), info)
@@ -225,6 +369,53 @@ def zip_members(path: Path, archive: str) -> Iterator[Member]:
             if kind is Kind.SYMLINK:
                 link = _zip_link_target(name, chunks)
             yield Member(name, kind, info.file_size, link, chunks)
+
+
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    """The member's name from its raw bytes (orig_filename keeps what follows a NUL)."""
+    if info.flag_bits & 0x800:
+        return info.orig_filename
+    # zipfile decoded the bytes as code page 437, which maps every byte: encoding gives them back.
+    return member_name(info.orig_filename.encode("cp437"), info.flag_bits, info.extra)
+
+
+def _check_directory(raw: BinaryIO, archive: str, max_files: int | None) -> None:
+    """Refuse a zip whose central directory is implausible or has too many entries."""
+    size = os.fstat(raw.fileno()).st_size
+    fd = raw.fileno()
+    try:
+        tail = os.pread(fd, min(size, TAIL_SIZE), size - min(size, TAIL_SIZE))
+        directory = find_directory(tail, size, lambda at, length: os.pread(fd, length, at))
+        if directory.size > MAX_DIRECTORY_BYTES:
+            raise refuse(
+                archive,
+                f"has a central directory of {directory.size} bytes, more than the "
+                f"{MAX_DIRECTORY_BYTES} bytes extraction reads",
+                what="archive",
+            )
+        if max_files is not None and directory.entries > max_files:
+            raise _too_many(archive, f"declares {directory.entries} members", max_files)
+        raw.seek(directory.start)
+        entries = read = 0
+        while read < directory.size:
+            entries += 1
+            if max_files is not None and entries > max_files:
+                raise _too_many(archive, f"has more than {max_files} members", max_files)
+            skip = entry_lengths(raw.read(ENTRY_SIZE))
+            raw.seek(skip, os.SEEK_CUR)
+            read += ENTRY_SIZE + skip
+    except DirectoryFault as exc:
+        raise refuse(
+            archive, f"cannot be read: it is truncated or malformed ({exc})", what="archive"
+        ) from None
+
+
+def _too_many(archive: str, what: str, max_files: int) -> UnsafeArchive:
+    return refuse(
+        archive,
+        f"{what}, more than BUCKETDAV_EXTRACT_MAX_FILES ({max_files}) allows",
+        what="archive",
+    )
 
 
 def _zip_stream(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], Iterator[bytes]]:
