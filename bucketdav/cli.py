@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from typing import TextIO
 
+from bucketdav import __version__
 from bucketdav.settings import SettingError, Settings, load_settings, parse_env_file
 from bucketdav.store.blobs import StoreError
 
@@ -18,6 +20,7 @@ from bucketdav.store.blobs import StoreError
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="bucketdav", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bucketdav {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP and WebDAV server")
     serve.add_argument("--host", help="address to listen on (BUCKETDAV_HOST, default 127.0.0.1)")
@@ -31,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
     check.set_defaults(host=None, port=None)
     return parser
+
+
+def package_version() -> str:
+    """The installed package's version, or the source's when it runs uninstalled."""
+    try:
+        return importlib.metadata.version("bucketdav")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
@@ -115,16 +126,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from(args, dict(os.environ))
         if args.command == "serve":
-            from bucketdav.server import serve
+            from bucketdav.server import ListenError, serve
 
-            serve(settings)
+            try:
+                serve(settings)
+            except ListenError as exc:
+                return _failed(exc)
         elif args.command == "check":
             from bucketdav.store.check import run_check
 
             return run_check(settings, full=args.full, repair=args.repair)
     except (SettingError, StoreError) as exc:
-        print(f"bucketdav: {exc}", file=sys.stderr)
-        return 2
+        return _failed(exc)
     finally:
         handler.close()
     return 0
+
+
+def _failed(exc: Exception) -> int:
+    """Report a start-up failure as one line on stderr; returns the exit status."""
+    print(f"bucketdav: {exc}", file=sys.stderr)
+    return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -217,12 +218,34 @@ def _force_exit() -> None:
     os._exit(1)
 
 
+class ListenError(Exception):
+    """The server cannot listen on its address; the message says which and why."""
+
+
+def listen(server: wsgi.Server, host: str, port: int) -> None:
+    """Bind and listen, or raise ListenError naming the address and the reason."""
+    try:
+        server.prepare()
+    except OSError as exc:
+        # Cheroot folds each address's error into one message and keeps no errno.
+        reasons = re.findall(r"\[Errno -?\d+\] ([^)]*)\)", str(exc))
+        reason = reasons[-1] if reasons else str(exc)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(f"cannot listen on {address}: {reason[:1].lower()}{reason[1:]}") from None
+
+
 def serve(settings: Settings) -> None:
-    """Open the store and serve until SIGINT or SIGTERM, then finish requests in flight."""
+    """Listen, open the store and serve until SIGINT or SIGTERM, then finish requests in flight."""
     store = Store(settings.archive_dir, settings.checksum_type, min_free=settings.min_free)
-    store.open()
     server = build_server(settings, store)
-    server.prepare()
+    listen(server, settings.host, settings.port)
+    try:
+        # Only once the port is ours: a second server started by mistake on the same port
+        # must not empty the staging/ of the one already serving this store.
+        store.open()
+    except BaseException:
+        server.stop()
+        raise
     host, port = server.bind_addr[:2]
     log.info(
         "bucketdav listening on http://%s:%d/ store %s (%s)",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +184,25 @@ def test_cli_config_file_settings_reach_the_server(live_server_factory, tmp_path
     body = server.request("GET", "/config").json()
     assert body["CHECKSUM_TYPE"] == "sha1"
     assert body["MAX_CONTENT_LENGTH"] == 3 * 1024
+
+
+def test_cli_serve_port_in_use_stops_with_one_line_and_leaves_the_store_alone(tmp_path):
+    store = tmp_path / "store"
+    (store / "staging").mkdir(parents=True)
+    (store / "staging" / "in-flight").write_bytes(b"another server's upload")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), env={"ARCHIVE_DIR": str(store)})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"bucketdav: cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
+    assert (store / "staging" / "in-flight").read_bytes() == b"another server's upload"
+
+
+def test_cli_version_prints_the_package_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"bucketdav {importlib.metadata.version('bucketdav')}\n"
