@@ -446,7 +446,9 @@ def test_public_tree_remembers_immutable_files_only(layout, monkeypatch):
     monkeypatch.setattr(os, "lstat", lambda p, *a, **k: calls.append(p) or real_lstat(p, *a, **k))
     assert tree.lookup(blob_url).real == str(layout.hello.path)
     assert tree.lookup(tree_file).size == len(b"hello world\n")
-    assert calls == []  # files of blob/ and explode/: remembered
+    # Files of blob/ and explode/: remembered, and only checked to be still there.
+    assert calls == [str(layout.hello.path), str(layout.tree / "sub" / "hello.txt")]
+    calls.clear()
     tree.lookup(latest)
     tree.lookup(layout.tree_url)
     assert calls  # replicas change (latest links) and folders gain members: looked up anew

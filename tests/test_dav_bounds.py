@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import threading
@@ -15,6 +16,7 @@ import webtest
 from conftest import LiveServer, make_settings
 
 from bucketdav.dav import app as dav_app
+from bucketdav.dav import lookup as dav_lookup
 from bucketdav.dav import propfind as dav_propfind
 from bucketdav.dav.app import make_dav_app
 from bucketdav.dav.get import Unsatisfiable, parse_range
@@ -255,3 +257,103 @@ def test_dav_body_shorter_than_its_content_length_is_400(fast_dav):
     assert resp.status_int == 400
     assert resp.headers["Connection"] == "close"
     assert resp.text == f"the body ended after {len(body)} of {len(body) + 50} bytes\n"
+
+
+# -- remembered look-ups ---------------------------------------------------------------------
+
+
+def test_public_tree_remembers_one_lookup_per_file_whatever_the_slashes(store):
+    url = blob_url(store, b"one file")
+    tree = PublicTree(str(store.root), "md5")
+    for count in range(1, 40):
+        assert tree.lookup(url.replace("/", "/" * count) + "/" * count).path == url
+    assert list(tree.files) == [url]
+
+
+def test_public_tree_bounds_the_bytes_it_remembers(store, monkeypatch):
+    monkeypatch.setattr(dav_lookup, "LOOKUP_CACHE_BYTES", 4096, raising=False)
+    urls = [blob_url(store, f"file {index}".encode()) for index in range(100)]
+    tree = PublicTree(str(store.root), "md5")
+    for url in urls:
+        assert tree.lookup(url).path == url
+    held = sum(len(path) + len(node.path) + len(node.real) for path, node in tree.files.items())
+    assert 0 < held <= 4096
+
+
+def test_public_tree_remembered_hit_costs_one_lstat_and_a_get_none(store, monkeypatch):
+    blob = store.ingest([b"remembered"])
+    url = "/" + store.relative(blob.path)
+    tree = PublicTree(str(store.root), "md5")
+    assert tree.lookup(url) is not None
+    calls: list[str] = []
+    for name in ("lstat", "stat"):
+        real = getattr(os, name)
+        monkeypatch.setattr(
+            os, name, lambda p, *a, _real=real, **k: calls.append(p) or _real(p, *a, **k)
+        )
+    assert tree.lookup(url).real == str(blob.path)
+    assert calls == [str(blob.path)]
+    assert tree.lookup(url, recheck=False).real == str(blob.path)
+    assert calls == [str(blob.path)]
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PROPFIND", "GET"])
+def test_dav_remembered_file_removed_by_hand_is_404(fast_dav, store, method):
+    blob = store.ingest([b"soon gone\n"])
+    url = "/" + store.relative(blob.path)
+    assert fast_dav.get(url).body == b"soon gone\n"
+    os.chmod(blob.path.parent, 0o755)
+    os.unlink(blob.path)
+    resp = fast_dav.request(url, method=method, headers={"Depth": "0"}, status="*")
+    assert resp.status_int == 404
+
+
+def test_dav_remembered_file_stored_again_is_served_again(fast_dav, store):
+    blob = store.ingest([b"back again\n"])
+    url = "/" + store.relative(blob.path)
+    assert fast_dav.head(url).status_int == 200
+    os.chmod(blob.path.parent, 0o755)
+    os.unlink(blob.path)
+    assert fast_dav.head(url, status="*").status_int == 404
+    store.ingest([b"back again\n"])
+    assert fast_dav.head(url).headers["Content-Length"] == "11"
+    assert fast_dav.get(url).body == b"back again\n"
+
+
+def test_dav_live_heads_with_long_slash_runs_keep_memory_flat(live_server_factory):
+    # Two workers: each thread's malloc arena keeps freed 60 KB request lines of its own,
+    # which is noise here; what is measured is what the server keeps per request.
+    server = live_server_factory(BUCKETDAV_THREADS="2")
+    data = b"one blob, many spellings"
+    url = server.path_of(server.upload("slashes.txt", data).json()["url"]["blob"])
+    first, rest = url.removeprefix("/blob/").split("/", 1)
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+
+        def heads(start: int, count: int) -> None:
+            for index in range(start, start + count):
+                # 60 KB of slashes, spread differently each time: every path is new text.
+                slashes = "/" * (30_000 + index), "/" * (30_000 - index)
+                path = f"/blob{slashes[0]}{first}{slashes[1]}{rest}"
+                sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                assert reader.readline().startswith(b"HTTP/1.1 200 ")
+                while reader.readline() != b"\r\n":
+                    pass
+
+        heads(0, 300)
+        before = status_kib(server, "VmRSS")
+        heads(300, 1000)
+    assert status_kib(server, "VmRSS") - before < 32 * 1024
+
+
+def test_dav_live_remembered_blob_removed_by_hand_is_404(live_server):
+    data = b"removed behind the server's back"
+    url = live_server.path_of(live_server.upload("gone.txt", data).json()["url"]["blob"])
+    assert live_server.request("GET", url).body == data
+    assert live_server.request("HEAD", url).status == 200
+    path = live_server.root / url.lstrip("/")
+    os.chmod(path.parent, 0o755)
+    os.unlink(path)
+    assert live_server.request("HEAD", url).status == 404
+    assert live_server.request("PROPFIND", url, headers={"Depth": "0"}).status == 404
+    assert live_server.request("GET", url).status == 404

@@ -91,6 +91,8 @@ def _plain(
 def decode_path(environ: dict[str, Any]) -> str | None:
     """PATH_INFO as text (WSGI hands it over as latin-1 of the raw bytes); None if not UTF-8."""
     raw = environ.get("PATH_INFO") or "/"
+    if raw.isascii():
+        return raw  # the same text either way; no copies of a path the client made long
     try:
         return raw.encode("latin-1").decode("utf-8")
     except UnicodeError:
@@ -210,7 +212,8 @@ class DavApp:
         if method == "PROPFIND":
             return self._propfind(environ, start_response, path, body)
         if method in ("GET", "HEAD"):
-            node = self.tree.lookup(path)
+            # GET opens the file, which checks a remembered lookup for free (serve_file).
+            node = self.tree.lookup(path, recheck=method == "HEAD")
             if node is None:
                 return _plain(start_response, "404 Not Found", "not found\n")
             if node.is_dir:

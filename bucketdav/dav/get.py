@@ -213,17 +213,57 @@ def serve_file(
     *,
     head: bool,
 ) -> Any:
-    """Answer GET or HEAD of a file node."""
-    etag = tree.etag(node) or ""
+    """Answer GET or HEAD of a file node.
+
+    GET opens the file before anything else: its lookup may be a remembered one that was
+    not checked again, and a file removed since must be 404, not a 304 or a stale answer.
+    """
+    fd = -1
+    if not head:
+        opened = _open(tree, node)
+        if opened is None:
+            start_response(
+                "404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")]
+            )
+            return [b"not found\n"]
+        node, fd = opened
+    try:
+        status, headers, span = decide(node, environ, etag=tree.etag(node) or "")
+    except BaseException:
+        _release(fd)
+        raise
+    if span is None or fd < 0:
+        _release(fd)
+        start_response(status, headers)
+        return [b""]
+    first, length = span
+    if length <= SMALL_FILE:
+        try:
+            data = os.pread(fd, length, first)
+        finally:
+            os.close(fd)
+        start_response(status, headers)
+        return [data]
+    sock = client_socket(environ)
+    body = FileBody(fd, first, length) if sock is None else SendfileBody(fd, first, length, sock)
+    try:
+        start_response(status, headers)
+    except BaseException:
+        body.close()
+        raise
+    return body
+
+
+def decide(
+    node: Node, environ: dict[str, Any], *, etag: str
+) -> tuple[str, list[tuple[str, str]], tuple[int, int] | None]:
+    """The status, headers and (first byte, length) to send of a file; no span: no body."""
     headers = file_headers(node, etag)
     status = precondition(environ, etag, node.mtime)
     if status is not None:
         kept = [h for h in headers if h[0] in ("Last-Modified", "ETag", "X-Content-Type-Options")]
-        start_response(
-            "304 Not Modified" if status == 304 else "412 Precondition Failed",
-            [*kept, ("Content-Length", "0")],
-        )
-        return [b""]
+        line = "304 Not Modified" if status == 304 else "412 Precondition Failed"
+        return line, [*kept, ("Content-Length", "0")], None
     size = node.size
     first, last, partial = 0, size - 1, False
     range_header = environ.get("HTTP_RANGE")
@@ -231,42 +271,41 @@ def serve_file(
         try:
             wanted = parse_range(range_header, size)
         except Unsatisfiable:
-            start_response(
+            return (
                 "416 Range Not Satisfiable",
                 [
                     ("Content-Range", f"bytes */{size}"),
                     ("Content-Length", "0"),
                     ("Content-Type", "text/plain"),
                 ],
+                None,
             )
-            return [b""]
         if wanted is not None:
             (first, last), partial = wanted, True
     length = last - first + 1 if size else 0
     headers.append(("Content-Length", str(length)))
-    if partial:
-        headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+    if not partial:
+        return "200 OK", headers, (first, length)
+    headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+    return "206 Partial Content", headers, (first, length)
+
+
+def _open(tree: PublicTree, node: Node) -> tuple[Node, int] | None:
+    """The node and an open descriptor of its file; looked up afresh once if it is gone."""
     try:
-        fd = -1 if head else os.open(node.real, os.O_RDONLY | os.O_CLOEXEC)
+        return node, os.open(node.real, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         tree.forget(node)
-        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
-        return [b"not found\n"]
-    if head:
-        start_response("206 Partial Content" if partial else "200 OK", headers)
-        return [b""]
-    if length <= SMALL_FILE:
-        try:
-            data = os.pread(fd, length, first)
-        finally:
-            os.close(fd)
-        start_response("206 Partial Content" if partial else "200 OK", headers)
-        return [data]
-    sock = client_socket(environ)
-    body = FileBody(fd, first, length) if sock is None else SendfileBody(fd, first, length, sock)
+    fresh = tree.lookup(node.path)
+    if fresh is None or fresh.is_dir:
+        return None
     try:
-        start_response("206 Partial Content" if partial else "200 OK", headers)
-    except BaseException:
-        body.close()
-        raise
-    return body
+        return fresh, os.open(fresh.real, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        tree.forget(fresh)
+        return None
+
+
+def _release(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)

@@ -27,6 +27,10 @@ CACHE_ENTRIES = 65536
 # published tree), so a lookup of one is remembered: its folders need no lstat again.
 IMMUTABLE_TREES = ("/blob/", "/explode/")
 LOOKUP_CACHE_ENTRIES = 16384
+# Bytes the remembered lookups may hold; a client chooses how long the paths it sends are.
+LOOKUP_CACHE_BYTES = 8 << 20
+# What one remembered lookup holds besides its two paths: the node, its numbers, a dict slot.
+_ENTRY_OVERHEAD = 400
 _HASH_BLOCK = 1 << 20
 # Content a browser would run or render as a document of this origin.
 # Control characters XML cannot carry, and the surrogates os.fsdecode makes of non-UTF-8 bytes.
@@ -146,34 +150,54 @@ class PublicTree:
         self.digest_len = hashlib.new(algorithm).digest_size * 2
         self.blobs = os.path.join(self.root, "blob") + os.sep
         self.cache = ChecksumCache(algorithm)
+        # Remembered lookups by normalised path ("/blob/ab/…", no empty segments).
         self.files: dict[str, Node] = {}
+        self._held = 0
+        self._lock = threading.Lock()
 
-    def lookup(self, path: str) -> Node | None:
+    def lookup(self, path: str, *, recheck: bool = True) -> Node | None:
         """The node at a decoded URL path, or None when it is missing, hidden or outside.
 
         Each lstat on the way releases the interpreter lock, which under load costs far more
-        than the call; files in the immutable trees are looked up once and remembered.
+        than the call; files in the immutable trees are looked up once and remembered. A
+        remembered file is checked with one lstat (collection, or a person, may remove it),
+        unless `recheck` is off for a caller that opens the file anyway.
         """
         node = self.files.get(path)
-        if node is not None:
-            return node
-        node = self._lookup(path)
-        if node is not None and not node.is_dir and node.path.startswith(IMMUTABLE_TREES):
-            if len(self.files) >= LOOKUP_CACHE_ENTRIES:
-                self.files.clear()
-            self.files[path] = node
+        if node is None:
+            parts = split_path(path)
+            if parts is None:
+                return None
+            node = self.files.get("/" + "/".join(parts))
+            if node is None:
+                return self._remember(self._walk(parts))
+        if recheck and not _unchanged(node):
+            self.forget(node)
+            return self._remember(self._walk(split_path(node.path) or []))
         return node
 
     def forget(self, node: Node) -> None:
-        """Drop the remembered lookups of a file that turned out to be gone (removed by hand)."""
-        # copy() is one step for other threads; iterating the live dict is not.
-        for path in [path for path, known in self.files.copy().items() if known is node]:
-            self.files.pop(path, None)
+        """Drop the remembered lookup of a file that turned out to be gone or changed."""
+        with self._lock:
+            if self.files.get(node.path) is node:
+                del self.files[node.path]
+                self._held -= _entry_cost(node)
 
-    def _lookup(self, path: str) -> Node | None:
-        parts = split_path(path)
-        if parts is None:
-            return None
+    def _remember(self, node: Node | None) -> Node | None:
+        if node is None or node.is_dir or not node.path.startswith(IMMUTABLE_TREES):
+            return node
+        cost = _entry_cost(node)
+        with self._lock:
+            if node.path in self.files or cost > LOOKUP_CACHE_BYTES:
+                return node
+            if len(self.files) >= LOOKUP_CACHE_ENTRIES or self._held + cost > LOOKUP_CACHE_BYTES:
+                self.files.clear()
+                self._held = 0
+            self.files[node.path] = node
+            self._held += cost
+        return node
+
+    def _walk(self, parts: list[str]) -> Node | None:
         if not parts:
             return self._node("/", self.root, frozenset())
         if parts[0] not in PUBLIC_TREES:
@@ -331,6 +355,25 @@ def _lstat_member(folder: str, name: str) -> tuple[str, os.stat_result] | None:
             return None
     except (OSError, ValueError):
         return None
+
+
+def _entry_cost(node: Node) -> int:
+    """The bytes a remembered lookup of `node` holds, about."""
+    return len(node.path) + len(node.real) + _ENTRY_OVERHEAD
+
+
+def _unchanged(node: Node) -> bool:
+    """True when the file `node` stands for is still there, the same file (one lstat)."""
+    try:
+        st = os.lstat(node.real)
+    except (OSError, ValueError):
+        return False
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) == (
+        node.ino,
+        node.dev,
+        node.size,
+        node.mtime_ns,
+    )
 
 
 def _make_node(path: str, real: str, st: os.stat_result, seen: frozenset[str]) -> Node | None:
