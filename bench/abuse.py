@@ -759,26 +759,27 @@ def main() -> None:
     )
     work = Path(tempfile.mkdtemp(prefix="bench-abuse-", dir=args.dir))
     store, log = work / "store", work / "server.log"
-    started = time.monotonic()
-    fixtures = set_up(store, log, sizes, needs)
-    print(f"set-up {time.monotonic() - started:.1f} s; store {store}, server log {log}")
-    print(HEADER, flush=True)
-    base_rss = base_cpu = None
-    for row in chosen:
-        result = measure(row, store, log, fixtures, args)
-        if row.normal:
-            # A floor keeps a near-zero baseline from turning noise into huge ratios.
-            base_rss = max(base_rss or 0, result.peak, 1.0)
-            base_cpu = max(base_cpu or 0, result.cpu, 0.01)
-        print(line(row.title, result, base_rss, base_cpu), flush=True)
-    print(
-        f"targets: +peak RSS <= {TARGET_RSS_MIB} MiB, /healthz <= {TARGET_HEALTHZ_S:.0f} s, "
-        "no 500, "
-        "nothing held to the bound; xRSS/xCPU are ratios to the larger normal row (floors 1 MiB, "
-        f"0.01 s); total {time.monotonic() - started:.0f} s"
-    )
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    try:
+        started = time.monotonic()
+        fixtures = set_up(store, log, sizes, needs)
+        print(f"set-up {time.monotonic() - started:.1f} s; store {store}, server log {log}")
+        print(HEADER, flush=True)
+        base_rss = base_cpu = None
+        for row in chosen:
+            result = measure(row, store, log, fixtures, args)
+            if row.normal:
+                # A floor keeps a near-zero baseline from turning noise into huge ratios.
+                base_rss = max(base_rss or 0, result.peak, 1.0)
+                base_cpu = max(base_cpu or 0, result.cpu, 0.01)
+            print(line(row.title, result, base_rss, base_cpu), flush=True)
+        print(
+            f"targets: +peak RSS <= {TARGET_RSS_MIB} MiB, /healthz <= {TARGET_HEALTHZ_S:.0f} s, "
+            "no 500, nothing held to the bound; xRSS/xCPU are ratios to the larger normal row "
+            f"(floors 1 MiB, 0.01 s); total {time.monotonic() - started:.0f} s"
+        )
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
