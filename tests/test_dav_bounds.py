@@ -357,3 +357,52 @@ def test_dav_live_remembered_blob_removed_by_hand_is_404(live_server):
     assert live_server.request("HEAD", url).status == 404
     assert live_server.request("PROPFIND", url, headers={"Depth": "0"}).status == 404
     assert live_server.request("GET", url).status == 404
+
+
+# -- listings -----------------------------------------------------------------------------
+
+
+def test_dav_listing_counts_members_within_an_entry_budget(fast_dav, store, monkeypatch):
+    monkeypatch.setattr(dav_app, "LISTING_COUNT_BUDGET", 100, raising=False)
+    top = store.root / "replica" / "top"
+    for letter in "abcde":
+        (top / letter).mkdir(parents=True)
+        for index in range(60):
+            (top / letter / f"{index}.txt").write_bytes(b"x")
+    inside = str(top) + os.sep
+    read = [0]
+    real_listdir, real_scandir = os.listdir, os.scandir
+
+    def listdir(path=".", *args, **kwargs):
+        names = real_listdir(path, *args, **kwargs)
+        if isinstance(path, str) and path.startswith(inside):
+            read[0] += len(names)
+        return names
+
+    class Scan:
+        """os.scandir, counting the entries it hands out from the subfolders."""
+
+        def __init__(self, path=".", *args, **kwargs):
+            self.entries = real_scandir(path, *args, **kwargs)
+            self.counted = isinstance(path, str) and path.startswith(inside)
+
+        def __iter__(self):
+            for entry in self.entries:
+                read[0] += self.counted
+                yield entry
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.entries.close()
+
+        def close(self):
+            self.entries.close()
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(os, "scandir", Scan)
+    text = fast_dav.get("/replica/top/").text
+    sizes = dict(re.findall(r'>([a-e])/</a></td><td class="size">(.*?)</td>', text))
+    assert sizes == {"a": "60 items", **{x: '<span class="muted">folder</span>' for x in "bcde"}}
+    assert read[0] <= 100 + 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -17,7 +16,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from bucketdav.api import PAGE_CSP, status_of
 from bucketdav.dav import listing
 from bucketdav.dav.get import serve_file
-from bucketdav.dav.lookup import Node, PublicTree
+from bucketdav.dav.lookup import Node, PublicTree, count_members
 from bucketdav.dav.propfind import BadPropfind, Renderer, href_of, parse_propfind
 from bucketdav.dav.provider import StoreProvider
 from bucketdav.errors import ClientGone, TooLarge
@@ -35,8 +34,8 @@ MAX_BODY = 64 << 10
 _CLOSE = (("Connection", "close"),)
 # A browser listing shows checksums of files that are not blobs while hashing stays cheap.
 LISTING_HASH_BUDGET = 16 << 20
-# Listings show member counts only when there are at most this many folders to count.
-LISTING_COUNT_FOLDERS = 200
+# Entries a listing may read to count its folders' members; past it, counts are left out.
+LISTING_COUNT_BUDGET = 10_000
 FINITE_DEPTH = (
     b'<?xml version="1.0" encoding="utf-8"?>\n'
     b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
@@ -154,12 +153,25 @@ def _chained(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[byt
     yield from rest
 
 
-def _member_count(real: str) -> int | None:
-    """How many entries a folder holds, or None when it cannot be read."""
-    try:
-        return len(os.listdir(real))
-    except OSError:
-        return None
+def member_counts(folders: Iterable[Node], budget: int) -> dict[str, int]:
+    """Member counts of `folders` by path, in order, until `budget` entries have been read.
+
+    Each folder costs one more than its members (opening it is work too, even empty).
+    """
+    counts: dict[str, int] = {}
+    for folder in folders:
+        if budget <= 0:
+            break
+        try:
+            count = count_members(folder.real, budget - 1)
+        except OSError:
+            budget -= 1
+            continue
+        if count is None:
+            break
+        counts[folder.path] = count
+        budget -= count + 1
+    return counts
 
 
 def _replace_body(environ: dict[str, Any], body: bytes) -> None:
@@ -299,8 +311,7 @@ class DavApp:
             )
         budget = [LISTING_HASH_BUDGET]
         children = list(self.tree.children(node))
-        # Counting a folder's members is one listdir each: cheap for a page of a few folders.
-        counted = sum(child.is_dir for child in children) <= LISTING_COUNT_FOLDERS
+        counts = member_counts((child for child in children if child.is_dir), LISTING_COUNT_BUDGET)
         entries = [
             listing.Entry(
                 name=child.name,
@@ -309,7 +320,7 @@ class DavApp:
                 size=None if child.is_dir else child.size,
                 mtime=child.mtime,
                 checksum=self.tree.checksum(child, budget),
-                count=_member_count(child.real) if child.is_dir and counted else None,
+                count=counts.get(child.path),
             )
             for child in children
         ]

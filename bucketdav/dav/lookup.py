@@ -357,6 +357,20 @@ def _lstat_member(folder: str, name: str) -> tuple[str, os.stat_result] | None:
         return None
 
 
+def count_members(real: str, limit: int) -> int | None:
+    """How many entries the folder `real` holds; None past `limit` (reading stops there).
+
+    Raises OSError when the folder cannot be read.
+    """
+    count = 0
+    with os.scandir(real) as entries:
+        for _ in entries:
+            count += 1
+            if count > limit:
+                return None
+    return count
+
+
 def _entry_cost(node: Node) -> int:
     """The bytes a remembered lookup of `node` holds, about."""
     return len(node.path) + len(node.real) + _ENTRY_OVERHEAD
