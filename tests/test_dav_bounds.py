@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import webtest
-from conftest import LiveServer, make_settings
+from conftest import LiveServer, make_settings, require_tool
 
 from bucketdav.dav import app as dav_app
 from bucketdav.dav import lookup as dav_lookup
@@ -406,3 +407,26 @@ def test_dav_listing_counts_members_within_an_entry_budget(fast_dav, store, monk
     sizes = dict(re.findall(r'>([a-e])/</a></td><td class="size">(.*?)</td>', text))
     assert sizes == {"a": "60 items", **{x: '<span class="muted">folder</span>' for x in "bcde"}}
     assert read[0] <= 100 + 1
+
+
+@pytest.mark.client
+def test_dav_rclone_lists_a_folder_whose_answer_comes_in_pieces(live_server, tmp_path):
+    rclone = require_tool("rclone")
+    folder = live_server.root / "replica" / "many"
+    folder.mkdir()
+    names = {f"file-{index:05d}-with-a-longer-name.txt" for index in range(3000)}
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    answer = live_server.request("PROPFIND", "/replica/many/", headers={"Depth": "1"})
+    assert answer.status == 207 and "Content-Length" not in answer.headers
+    config = tmp_path / "rclone.conf"
+    config.touch()
+    listed = subprocess.run(
+        [rclone, "--config", str(config), "lsf", f":webdav,url='{live_server.url}':replica/many"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert set(listed.stdout.split()) == names
