@@ -66,6 +66,9 @@ STATUS_OF: dict[type[BucketError], int] = {
     Busy: 503,
     StoreFull: 507,
 }
+# The environ key under which a refusal's reason reaches the access-log line (server.py).
+LOG_REASON = "bucketdav.reason"
+INTERNAL_ERROR = "internal error; the server log has the details"
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -331,13 +334,14 @@ def _route(app: bottle.Bottle, path: str, methods: list[str], handler: Callable[
             return handler(*args, **kwargs)
         except BucketError as exc:
             code = status_of(exc)
-            log.info("%s %s -> %d %s", bottle.request.method, bottle.request.path, code, exc)
+            # Said on the request's access-log line: one line per request.
+            bottle.request.environ[LOG_REASON] = str(exc)
             return _error_response(code, str(exc), retry=isinstance(exc, Busy))
         except bottle.HTTPResponse:
             raise
         except Exception:
             log.exception("unexpected error in %s %s", bottle.request.method, bottle.request.path)
-            return _error_response(500, "internal error; the server log has the details")
+            return _error_response(500, INTERNAL_ERROR)
 
     app.route(path, methods, wrapper)
 
@@ -361,5 +365,5 @@ def _bottle_error(error: bottle.HTTPError) -> str:
     }.get(error.status_code, str(error.body or error.status_line))
     if error.exception is not None:
         log.error("unhandled error: %r", error.exception)
-        message = "internal error; the server log has the details"
+        message = INTERNAL_ERROR
     return error_json(error.status_code, message)

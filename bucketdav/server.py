@@ -9,6 +9,7 @@ import re
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
-from bucketdav.api import Api, is_api_path
+from bucketdav.api import INTERNAL_ERROR, LOG_REASON, Api, error_json, is_api_path
 from bucketdav.dav.app import make_dav_app
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Store
@@ -54,7 +55,11 @@ def make_app(settings: Settings, store: Store) -> WsgiApp:
 
 
 def with_headers_and_log(app: WsgiApp) -> WsgiApp:
-    """Add the security headers to every response and log one line per request."""
+    """Add the security headers to every response and log one line per request.
+
+    An exception below answers 500 with the API's JSON error while nothing is sent yet, and
+    the request still gets its one access-log line.
+    """
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.monotonic()
@@ -78,47 +83,109 @@ def with_headers_and_log(app: WsgiApp) -> WsgiApp:
                 headers.append(("Content-Security-Policy", DEFAULT_CSP))
             return start_response(status, headers, exc_info)
 
-        body = app(environ, start)
-        return _Logged(body, environ, seen, started)
+        def fail() -> list[bytes]:
+            """The 500 answer to the exception being handled; re-raises it once headers are out."""
+            error = sys.exc_info()[1]
+            environ.setdefault(LOG_REASON, f"internal error: {type(error).__name__}")
+            body = error_json(500, INTERNAL_ERROR).encode()
+            headers = [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("Connection", "close"),
+            ]
+            # With the headers sent this raises the error again, and Cheroot drops the connection.
+            start("500 Internal Server Error", headers, sys.exc_info())
+            log.exception(
+                "unexpected error in %s %s",
+                loggable(environ.get("REQUEST_METHOD", "")),
+                request_text(seen["target"]),
+            )
+            return [body]
+
+        try:
+            body = app(environ, start)
+        except Exception:
+            body = fail()
+        return _Logged(body, environ, seen, started, fail)
 
     return wrapped
 
 
+def loggable(text: str) -> str:
+    """`text` with whatever could end, forge or garble a log line escaped: controls, quotes."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(
+        _ESCAPES.get(char) or (char if char.isprintable() else _escape(char)) for char in text
+    )
+
+
+def request_text(text: str) -> str:
+    """A path or query for the log: WSGI's latin-1 string read as the UTF-8 it carries."""
+    if not text.isascii():
+        with contextlib.suppress(UnicodeEncodeError):
+            text = text.encode("latin-1").decode("utf-8", "replace")
+    return loggable(text)
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 class _Logged:
-    """Hands the response body on untouched and writes the access-log line when it is closed.
+    """Hands the response body on and writes the access-log line when it is closed.
 
     The logged size is the response's Content-Length ("-" when it has none): counting the
     chunks in Python would slow every small response and miss bytes sent with sendfile.
     """
 
     def __init__(
-        self, body: Iterable[bytes], environ: dict[str, Any], seen: dict[str, Any], started: float
+        self,
+        body: Iterable[bytes],
+        environ: dict[str, Any],
+        seen: dict[str, Any],
+        started: float,
+        fail: Callable[[], list[bytes]],
     ) -> None:
         self.body = body
         self.environ = environ
         self.seen = seen
         self.started = started
+        self.fail = fail
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self.body)
+        try:
+            yield from self.body
+        except Exception:
+            yield from self.fail()
 
     def close(self) -> None:
+        env = self.environ
         try:
             close = getattr(self.body, "close", None)
             if close:
                 close()
-        finally:
-            env = self.environ
-            access_log.info(
-                '%s "%s %s %s" %s %s %.3fs',
-                env.get("REMOTE_ADDR", "-"),
-                env.get("REQUEST_METHOD"),
-                self.seen["target"],
-                env.get("SERVER_PROTOCOL"),
-                self.seen["status"],
-                self.seen.get("length", "-"),
-                time.monotonic() - self.started,
-            )
+        except Exception:
+            env.setdefault(LOG_REASON, "internal error while closing the response")
+            log.exception("unexpected error closing the response to %s", env.get("PATH_INFO"))
+        reason = env.get(LOG_REASON)
+        access_log.info(
+            '%s "%s %s %s" %s %s %.3fs%s',
+            env.get("REMOTE_ADDR", "-"),
+            loggable(env.get("REQUEST_METHOD", "")),
+            request_text(self.seen["target"]),
+            env.get("SERVER_PROTOCOL"),
+            self.seen["status"],
+            self.seen.get("length", "-"),
+            time.monotonic() - self.started,
+            f' reason="{loggable(str(reason))}"' if reason else "",
+        )
 
 
 class HeadWatch:

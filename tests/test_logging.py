@@ -1,16 +1,21 @@
-"""The log handler: lines are written in batches from a thread of their own, none lost."""
+"""Logging: batches written from a thread of their own, and one access line per request."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 import pytest
+import webtest
 
 from bucketdav.cli import BatchingHandler
+from bucketdav.server import WsgiApp, with_headers_and_log
 
 
 class SlowStream(io.StringIO):
@@ -100,3 +105,88 @@ def test_logging_close_writes_what_is_left():
     logger.info("last words")
     handler.close()
     assert stream.getvalue() == "last words\n"
+
+
+# -- the access log -----------------------------------------------------------------------
+
+
+def lines_with(text: str, marker: str) -> list[str]:
+    return [line for line in text.splitlines() if marker in line]
+
+
+def test_access_log_refusal_reason_is_on_the_request_s_own_line(live_server):
+    marker = uuid.uuid4().hex
+    response = live_server.request(
+        "PUT", f"/upload/{marker}.txt", body=b"x", headers={"X-Checksum": "nothex"}
+    )
+    assert response.status == 400
+    reason = json.loads(response.body)["error"]
+    (line,) = lines_with(live_server.settled_log(), marker)
+    assert f'"PUT /upload/{marker}.txt HTTP/1.1" 400 ' in line
+    assert line.endswith(f' reason="{reason}"')
+
+
+def test_access_log_shows_utf8_paths_as_text(live_server):
+    marker = uuid.uuid4().hex
+    path = f"/blob/{marker}/my report é ….txt"
+    assert live_server.request("GET", quote(path)).status == 404
+    (line,) = lines_with(live_server.settled_log(), marker)
+    assert f'"GET {path} HTTP/1.1" 404 ' in line
+
+
+def test_access_log_escapes_what_could_forge_a_line(live_server):
+    marker = uuid.uuid4().hex
+    forged = f'\n1.2.3.4 "GET /{marker}/forged HTTP/1.1" 200 - 0.001s'
+    path = f"/blob/{marker}/a{forged}\u2028\x1b[31m\\"
+    assert live_server.request("GET", quote(path)).status == 404
+    lines = lines_with(live_server.settled_log(), marker)
+    assert len(lines) == 1
+    assert (
+        f'"GET /blob/{marker}/a\\n1.2.3.4 \\"GET /{marker}/forged HTTP/1.1\\" 200 - 0.001s'
+        f'\\u2028\\x1b[31m\\\\ HTTP/1.1" 404 ' in lines[0]
+    )
+
+
+def test_access_log_invalid_utf8_path_is_logged_with_replacement_characters(live_server):
+    marker = uuid.uuid4().hex
+    assert live_server.request("GET", f"/blob/{marker}/%FF%C3").status == 404
+    (line,) = lines_with(live_server.settled_log(), marker)
+    assert f'"GET /blob/{marker}/\ufffd\ufffd HTTP/1.1" 404 ' in line
+
+
+def raising_app(where: str) -> WsgiApp:
+    """A WSGI app that fails before start_response, while iterating, or after starting."""
+
+    def app(environ, start_response):
+        if where == "call":
+            raise RuntimeError("broken before answering")
+
+        def body():
+            if where == "started":
+                start_response("200 OK", [("Content-Type", "text/plain")])
+            raise RuntimeError("broken while answering")
+            yield b"never"
+
+        return body()
+
+    return app
+
+
+@pytest.mark.parametrize("where", ["call", "iteration", "started"])
+def test_access_log_app_failure_answers_500_json_and_logs_one_line(where, caplog):
+    client = webtest.TestApp(with_headers_and_log(raising_app(where)), lint=False)
+    with caplog.at_level(logging.INFO):
+        response = client.get(f"/broken/{where}", status=500)
+    assert response.json == {
+        "code": 500,
+        "status": "Internal Server Error",
+        "error": "internal error; the server log has the details",
+    }
+    assert b"Traceback" not in response.body and b"broken" not in response.body
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    access = [r.getMessage() for r in caplog.records if r.name == "bucketdav.access"]
+    assert len(access) == 1
+    assert f'"GET /broken/{where} HTTP/1.0" 500 ' in access[0]
+    assert access[0].endswith(' reason="internal error: RuntimeError"')
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
