@@ -246,7 +246,7 @@ class Api:
             )
         if not name.strip("/"):
             raise BadRequest("name the file in the URL: PUT /upload/<name>")
-        blob = self.store.find(digest)
+        blob = self.store.find_flushed(digest)
         if blob is None:
             raise UnknownContent(f"no content with {self.store.algorithm} {digest}; send the bytes")
         log.info("deploy by checksum %s=%s", self.store.algorithm, digest)

@@ -19,6 +19,7 @@ from bucketdav.store.files import (
     COPY_CHUNK,
     disk_full_as_store_full,
     fsync_dir,
+    fsync_up,
     remove_quietly,
     same_bytes,
 )
@@ -85,6 +86,8 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             for path in (self.staging, self.blobs, self.trees, self.replicas):
                 path.mkdir(exist_ok=True)
+            # Every answer relies on these entries; later flushes stop at blob/, explode/, ...
+            fsync_dir(self.root)
         except OSError as exc:
             raise StoreError(f"ARCHIVE_DIR={self.root}: cannot create the store: {exc}") from None
         if not os.access(self.root, os.W_OK | os.X_OK) or not self.writable():
@@ -216,32 +219,41 @@ class Store:
                 os.unlink(staged.path)
 
     def commit(self, staged: StagedFile) -> Blob:
-        """Flush the staged file and link it in as its blob; dedup, never substitute content."""
+        """Flush the staged file and link it in as its blob; dedup, never substitute content.
+
+        Known content is not flushed (its staged copy is dropped); either way every folder
+        down to the blob is flushed before the caller answers.
+        """
         digest = staged.hexdigest()
         dest = self.blob_path(digest)
         with disk_full_as_store_full():
-            os.fsync(staged.fd)
-            os.close(staged.fd)
-            staged.fd = -1
-            os.chmod(staged.path, 0o444)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(staged.path, dest)
-            except FileExistsError:
-                if not self.trusts_digest and not same_bytes(staged.path, dest):
-                    log.error(
-                        "checksum collision: %s %s differs from the stored blob",
-                        self.algorithm,
-                        digest,
-                    )
-                    raise ChecksumCollision(
-                        f"{self.algorithm} {digest} is already stored with different content; "
-                        "the stored blob is kept and this upload is refused"
-                    ) from None
-                return Blob(digest, dest, staged.size, created=False)
-            fsync_dir(dest.parent)
-            fsync_dir(dest.parent.parent)
-        return Blob(digest, dest, staged.size, created=True)
+            created = not dest.exists() and _link_flushed(staged, dest)
+            if not created and not self.trusts_digest and not same_bytes(staged.path, dest):
+                log.error(
+                    "checksum collision: %s %s differs from the stored blob", self.algorithm, digest
+                )
+                raise ChecksumCollision(
+                    f"{self.algorithm} {digest} is already stored with different content; "
+                    "the stored blob is kept and this upload is refused"
+                )
+            self.flush_way(dest)
+        return Blob(digest, dest, staged.size, created=created)
+
+    def flush_way(self, path: Path) -> None:
+        """Flush every folder from `path`'s own up to its tree (blob/ab/cd, blob/ab, blob/).
+
+        Called before answering with `path`, whether this request made it or found it:
+        the request that made it may not have flushed it yet.
+        """
+        fsync_up(path.parent, self.root / path.relative_to(self.root).parts[0])
+
+    def find_flushed(self, digest: str) -> Blob | None:
+        """find(), for an answer that relies on the blob: its way down is flushed first."""
+        blob = self.find(digest)
+        if blob is not None:
+            with disk_full_as_store_full():
+                self.flush_way(blob.path)
+        return blob
 
     def ingest(self, chunks: Iterable[bytes]) -> Blob:
         """Store the bytes of `chunks` as a blob (deduplicated) and return it."""
@@ -284,3 +296,23 @@ class Store:
         finally:
             if path.exists():
                 remove_quietly(path)
+
+
+def _link_flushed(staged: StagedFile, dest: Path) -> bool:
+    """Flush `staged`, then link it as `dest`, making its fan-out folders when missing.
+
+    False when `dest` is there already (a twin upload linked the same content first).
+    """
+    os.fsync(staged.fd)
+    os.close(staged.fd)
+    staged.fd = -1
+    os.chmod(staged.path, 0o444)
+    try:
+        try:
+            os.link(staged.path, dest)
+        except FileNotFoundError:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.link(staged.path, dest)
+    except FileExistsError:
+        return False
+    return True

@@ -38,6 +38,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_up(folder: Path, top: Path) -> None:
+    """Flush `folder` and every folder above it up to `top`: each entry on the way survives.
+
+    An answer that names a file relies on every entry from `top` down to it, also those
+    another request made and may not have flushed yet (it can be between its link and its
+    flush), so the whole way is flushed, not only what this call changed.
+    """
+    levels = len(folder.relative_to(top).parts)
+    for _ in range(levels + 1):
+        fsync_dir(folder)
+        folder = folder.parent
+
+
 def same_bytes(a: Path, b: Path) -> bool:
     """True when the two files hold the same bytes."""
     with open(a, "rb") as fa, open(b, "rb") as fb:

@@ -152,11 +152,11 @@ def _open_folder(replicas: Path, segments: Sequence[str]) -> Iterator[int]:
     fd = os.open(replicas, _DIR_FLAGS)
     try:
         for segment in segments:
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(segment, 0o755, dir_fd=fd)
-                os.fsync(fd)
-            except FileExistsError:
-                pass
+            # Flushed also when found: the upload that made it may not have flushed it yet,
+            # and this answer relies on it as much as that one.
+            os.fsync(fd)
             try:
                 child = os.open(segment, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:

@@ -16,7 +16,7 @@ from typing import IO, BinaryIO
 
 from bucketdav.errors import UnsafeArchive
 from bucketdav.store.blobs import Blob, Store
-from bucketdav.store.files import disk_full_as_store_full, fsync_dir
+from bucketdav.store.files import disk_full_as_store_full, fsync_up
 from bucketdav.uploads.archives.members import refuse
 from bucketdav.uploads.archives.readers import Member, malformed, tar_members, zip_members
 from bucketdav.uploads.archives.tree import TreeBuilder
@@ -210,6 +210,9 @@ def extract(
     """The tree of the tar or zip `blob`: an existing one, or one built now and renamed in."""
     final = store.tree_path(blob.digest)
     if final.is_dir():
+        # The upload that published it may not have flushed its way down yet.
+        with disk_full_as_store_full():
+            store.flush_way(final)
         return Tree(blob.digest, final, count_files(final), created=False)
     members: Iterator[Member] = (
         tar_members(blob.path, name)
@@ -248,18 +251,22 @@ def _extract(
 
 
 def publish(root: Path, final: Path) -> bool:
-    """Rename the finished tree into place; False when the same tree got there first."""
+    """Rename the finished tree into place; False when the same tree got there first.
+
+    Either way the answer names `final`: its entry and those of its fan-out folders are
+    flushed, up to explode/, also when the upload that won has not flushed them yet.
+    """
     with disk_full_as_store_full():
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(root, final)
+            created = True
         except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                return False
-            raise
-        for directory in (final.parent, final.parent.parent, final.parent.parent.parent):
-            fsync_dir(directory)
-    return True
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            created = False
+        fsync_up(final.parent, final.parents[2])
+    return created
 
 
 def count_files(tree: Path) -> int:
