@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +143,31 @@ def test_dav_propfind_naming_more_properties_than_the_cap_is_400(dav):
     )
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b'<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>',
+        b'<D:propfind xmlns:D="DAV:"><D:propname/></D:propfind>',
+        naming(3),
+    ],
+    ids=["empty", "allprop", "propname", "prop"],
+)
+@pytest.mark.parametrize("depth", ["0", "1"])
+def test_dav_served_app_answers_every_propfind_itself(store, body, depth):
+    # WsgiDAV builds a multistatus whole; the app the server runs never hands it a PROPFIND.
+    app = make_dav_app(make_settings(store.root), store)
+
+    def refuse(environ, start_response):
+        raise AssertionError(f"{environ['REQUEST_METHOD']} reached WsgiDAV")
+
+    app.wsgidav = refuse
+    for path in ("/", "/blob/", blob_url(store, b"listed")):
+        webtest.TestApp(app, lint=False).request(
+            path, method="PROPFIND", headers={"Depth": depth}, body=body, status=207
+        )
+
+
 def test_renderer_multistatus_renders_one_node_at_a_time(store):
     folder = store.root / "replica" / "many"
     folder.mkdir()
@@ -269,6 +295,20 @@ def test_public_tree_remembers_one_lookup_per_file_whatever_the_slashes(store):
     for count in range(1, 40):
         assert tree.lookup(url.replace("/", "/" * count) + "/" * count).path == url
     assert list(tree.files) == [url]
+
+
+def test_public_tree_lookup_through_a_long_slash_run_allocates_little(store):
+    url = blob_url(store, b"one file")
+    tree = PublicTree(str(store.root), "md5")
+    assert tree.lookup(url) is not None
+    path = "/blob" + "/" * 60_000 + url.removeprefix("/blob/")
+    tracemalloc.start()
+    try:
+        assert tree.lookup(path).path == url
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024
 
 
 def test_public_tree_bounds_the_bytes_it_remembers(store, monkeypatch):
