@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import threading
@@ -211,8 +212,10 @@ class Api:
         name = utf8_name(environ.get("bottle.raw_path", "").partition("/upload")[2].lstrip("/"))
         headers = _headers()
         length = declared_length(environ)
-        if headers.get("x-checksum-deploy", "").strip().lower() == "true" and length == 0:
-            return self._deploy(name, headers)
+        deploy = headers.get("x-checksum-deploy", "").strip().lower() == "true"
+        if deploy and length == 0:
+            with self._slot():
+                return self._deploy(name, headers)
         if not name.strip("/"):
             raise BadRequest(
                 "name the file in the URL: PUT /upload/<name> (curl -T file URL/upload/)"
@@ -226,15 +229,25 @@ class Api:
             self._slot(),
             self.store.staged(extra=_extra_algorithms(expected, self.store)) as staged,
         ):
-            for chunk in body_chunks(
-                environ, length=length, limit=limit, timeout=self.settings.timeout
-            ):
+            chunks = body_chunks(environ, length=length, limit=limit, timeout=self.settings.timeout)
+            if deploy and length is None:
+                first = next(chunks, None)
+                if first is None:
+                    # An empty chunked body (what `curl -T /dev/null` sends) is a deploy too.
+                    return self._deploy(name, headers)
+                chunks = itertools.chain((first,), chunks)
+            for chunk in chunks:
                 staged.write(chunk)
             verify_checksums(staged, expected, self.store.algorithm)
             blob = self.store.commit(staged)
             return self._finish(blob, name, headers)
 
     def _deploy(self, name: str, headers: dict[str, str]) -> str:
+        """Process stored content as if just uploaded; the caller holds an upload slot.
+
+        It may write as much as an upload (a decompressed blob, a tree, copies past the
+        hard-link limit), so it takes a slot and passes the space check like one.
+        """
         digest = deploy_digest(headers, self.store.algorithm, self.store.digest_size)
         if digest is None:
             if not any(h in headers for h in CHECKSUM_HEADERS):
@@ -246,6 +259,7 @@ class Api:
             )
         if not name.strip("/"):
             raise BadRequest("name the file in the URL: PUT /upload/<name>")
+        self.store.check_space(0)
         blob = self.store.find_flushed(digest)
         if blob is None:
             raise UnknownContent(f"no content with {self.store.algorithm} {digest}; send the bytes")

@@ -275,6 +275,8 @@ class Store:
             except OSError as exc:
                 if exc.errno != errno.EMLINK:
                     raise
+            # A copy takes the blob's size again: past the watermark it is refused as any upload.
+            self.check_space(os.stat(source).st_size)
             fd, name = tempfile.mkstemp(dir=self.staging, prefix="copy-")
             try:
                 with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
