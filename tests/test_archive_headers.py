@@ -1,17 +1,26 @@
-"""Hostile tar headers, made systematically: every field of every header, each bad value."""
+"""Hostile archive headers: every field of every tar header with each bad value, pax records,
+GNU long names, zip directories; in unpack() and, for the costly ones, on the live server."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import os
+import re
+import struct
 import subprocess
 import tarfile
 import tempfile
+import threading
+import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
-from helpers import raw_tar_header, tar_blocks
+from conftest import LiveServer, require_tool
+from helpers import raw_tar_header, tar_blocks, tar_gz
 from test_archives import F, H, S, assert_no_tree_left, tar_bytes
 
 from bucketdav.errors import UnsafeArchive
@@ -401,3 +410,109 @@ def test_archive_headers_gnu_tar_archives_round_trip(store, tmp_path, options):
     assert os.readlink(tree / "link") == os.readlink(source / "link")
     if not ustar:
         assert (tree / ("d" * 150) / ("e" * 90) / "f.txt").read_bytes() == b"deep\n"
+
+
+# -- hostile archives against the live server ----------------------------------------------
+
+
+def server_kib(server: LiveServer, field: str) -> int:
+    """A memory figure (VmRSS, VmHWM) of the live server process, in KiB."""
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    match = re.search(rf"{field}:\s+(\d+)", status)
+    assert match is not None
+    return int(match.group(1))
+
+
+@contextlib.contextmanager
+def healthz_timings(server: LiveServer) -> Iterator[list[float]]:
+    """Time /healthz over and over (at most 2,000 times) while the body of the block runs."""
+    timings: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set() and len(timings) < 2000:
+            started = time.monotonic()
+            assert server.request("GET", "/healthz").status == 200
+            timings.append(time.monotonic() - started)
+            done.wait(0.02)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        yield timings
+    finally:
+        done.set()
+        thread.join(30)
+
+
+def zip_directory_of(entries: int, *, declared: int, zip64: bool) -> bytes:
+    """A zip whose central directory holds `entries` copies of one entry and declares `declared`."""
+    one = io.BytesIO()
+    with zipfile.ZipFile(one, "w") as archive:
+        archive.writestr("a", b"x")
+    data = one.getvalue()
+    end = data.rindex(b"PK\x05\x06")
+    start = struct.unpack_from("<L", data, end + 16)[0]
+    directory = data[start:end] * entries
+    body = data[:start] + directory
+    if not zip64:
+        count = min(declared, 0xFFFF)
+        return body + struct.pack(
+            "<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(directory), start, 0
+        )
+    record = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, declared, declared, len(directory), start
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(body), 1)
+    end_record = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0
+    )
+    return body + record + locator + end_record
+
+
+@pytest.mark.parametrize(
+    ("declared", "zip64", "reason"),
+    [
+        pytest.param(4_000_000, True, "declares 4000000 members", id="declares-4M"),
+        pytest.param(1, False, "has more than 100000 members", id="holds-1M"),
+    ],
+)
+def test_archive_headers_live_zip_of_a_million_entries_is_refused_in_bounded_memory(
+    live_server, declared, zip64, reason
+):
+    # A million directory entries (54 MB), a small .zip.gz; the default limit is 100,000.
+    upload = gzip.compress(zip_directory_of(1_000_000, declared=declared, zip64=zip64), 6)
+    assert len(upload) < 1 << 20
+    before = server_kib(live_server, "VmRSS")
+    Path(f"/proc/{live_server.proc.pid}/clear_refs").write_text("5")  # restart VmHWM here
+    started = time.monotonic()
+    with healthz_timings(live_server) as timings:
+        resp = live_server.upload("many.zip.gz", upload)
+    elapsed = time.monotonic() - started
+    assert resp.status == 422
+    grown_kib = server_kib(live_server, "VmHWM") - before
+    assert grown_kib < 64 * 1024, f"peak RSS grew by {grown_kib} KiB"
+    assert elapsed < 15
+    assert timings and max(timings) < 1
+    assert reason in resp.json()["error"]
+    assert "BUCKETDAV_EXTRACT_MAX_FILES (100000)" in resp.json()["error"]
+    assert list((live_server.root / "explode").iterdir()) == []
+    assert list((live_server.root / "staging").iterdir()) == []
+
+
+def test_archive_headers_live_deep_symlinks_are_checked_in_linear_time(live_server):
+    # 2,000 links whose targets are 2,000 segments deep: 27 s of CPU when checks were quadratic.
+    target = "/".join(["a"] * 2000)
+    links = {f"l{index}": target for index in range(2000)}
+    upload = tar_gz({}, links)
+    assert len(upload) < 100_000
+    started = time.monotonic()
+    with healthz_timings(live_server) as timings:
+        resp = live_server.upload("deep.tgz", upload)
+    elapsed = time.monotonic() - started
+    # Links that stay inside, however dangling, are kept.
+    assert resp.status == 200, resp.body
+    tree = live_server.root / resp.json()["path"]["archive"]
+    assert os.readlink(tree / "l1999") == target
+    assert elapsed < 10
+    assert timings and max(timings) < 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from bucketdav.errors import UnsafeArchive
 
@@ -77,13 +77,16 @@ def member_path(name: str) -> MemberPath:
     segments = tuple(s for s in name.split("/") if s not in ("", "."))
     if ".." in segments:
         raise refuse(name, "climbs out with '..'")
-    for segment in segments:
-        if (
-            len(segment) * 4 > MAX_SEGMENT_BYTES
-            and len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES
-        ):
-            raise refuse(name, f"has a path segment longer than {MAX_SEGMENT_BYTES} bytes")
+    if _longest_segment(segments) > MAX_SEGMENT_BYTES:
+        raise refuse(name, f"has a path segment longer than {MAX_SEGMENT_BYTES} bytes")
     return segments
+
+
+def _longest_segment(segments: Sequence[str]) -> int:
+    """The UTF-8 length of the longest segment, encoding only those that could be too long."""
+    if not segments or max(map(len, segments)) * 4 <= MAX_SEGMENT_BYTES:
+        return 0  # no segment of n characters takes more than 4n bytes
+    return max(len(s.encode("utf-8")) for s in segments if len(s) * 4 > MAX_SEGMENT_BYTES)
 
 
 def check_symlink_text(name: str, target: str) -> None:
@@ -96,25 +99,62 @@ def check_symlink_text(name: str, target: str) -> None:
         raise refuse(name, f"is a link to the absolute path '{shown(target)}'")
     if "\\" in target:
         raise refuse(name, "is a link whose target has a backslash")
-    if any(len(s.encode("utf-8")) > MAX_SEGMENT_BYTES for s in target.split("/")):
+    if _longest_segment(target.split("/")) > MAX_SEGMENT_BYTES:
         raise refuse(name, f"is a link whose target has a segment over {MAX_SEGMENT_BYTES} bytes")
 
 
-@dataclass
 class Entry:
-    """One path of the tree being built: what it is and which member made it."""
+    """One path of the tree being built: what it is, which member made it, where it sits."""
 
-    kind: Kind
-    member: str
-    explicit: bool = True
-    target: str = ""
+    __slots__ = ("children", "cost", "explicit", "kind", "member", "name", "parent", "target", "to")
+
+    def __init__(
+        self,
+        kind: Kind,
+        member: str,
+        *,
+        name: str = "",
+        parent: Entry | None = None,
+        explicit: bool = True,
+        target: str = "",
+    ) -> None:
+        self.kind = kind
+        self.member = member
+        self.name = name
+        self.parent = parent
+        self.explicit = explicit
+        self.target = target
+        self.children: dict[str, Entry] | None = {} if kind is Kind.DIR else None
+        # A symlink's resolution, once known: where it leads and how many links that took.
+        self.to: Place | None = None
+        self.cost = 0
+
+    @property
+    def path(self) -> MemberPath:
+        """The segments from the archive's top down to this entry."""
+        names = []
+        entry: Entry | None = self
+        while entry is not None and entry.parent is not None:
+            names.append(entry.name)
+            entry = entry.parent
+        return tuple(reversed(names))
+
+
+# Where a walk is: an entry of the tree, and how many segments it went on below it
+# into names the archive does not have (which only `..` can climb back out of).
+Place = tuple[Entry, int]
 
 
 class Layout:
-    """The tree an archive describes, checked member by member before anything is written."""
+    """The tree an archive describes, checked member by member before anything is written.
+
+    A tree of entries rather than a map of paths, so that adding a member, looking one
+    up and following links each take time linear in the path, however deep it is.
+    """
 
     def __init__(self) -> None:
-        self.entries: dict[MemberPath, Entry] = {}
+        self.root = Entry(Kind.DIR, "")
+        self.symlinks: list[Entry] = []
 
     def add(
         self, path: MemberPath, kind: Kind, member: str, *, target: str = ""
@@ -128,19 +168,23 @@ class Layout:
                 return []
             raise refuse(member, f"is a {kind.value} in place of the archive's top directory")
         new_dirs: list[MemberPath] = []
-        for depth in range(1, len(path)):
-            parent = path[:depth]
-            entry = self.entries.get(parent)
+        parent = self.root
+        for depth, segment in enumerate(path[:-1], 1):
+            assert parent.children is not None  # only directories are walked into
+            entry = parent.children.get(segment)
             if entry is None:
-                self.entries[parent] = Entry(Kind.DIR, member, explicit=False)
-                new_dirs.append(parent)
+                entry = Entry(Kind.DIR, member, name=segment, parent=parent, explicit=False)
+                parent.children[segment] = entry
+                new_dirs.append(path[:depth])
             elif entry.kind is not Kind.DIR:
                 raise refuse(
                     member,
-                    f"needs '{'/'.join(parent)}' as a directory, but member "
+                    f"needs '{'/'.join(path[:depth])}' as a directory, but member "
                     f"'{shown(entry.member)}' made it a {entry.kind.value}",
                 )
-        existing = self.entries.get(path)
+            parent = entry
+        assert parent.children is not None
+        existing = parent.children.get(path[-1])
         if existing is not None:
             if kind is Kind.DIR and existing.kind is Kind.DIR and not existing.explicit:
                 existing.explicit = True
@@ -152,46 +196,79 @@ class Layout:
                     f"and as a {kind.value})",
                 )
             raise refuse(member, f"is a {kind.value} where other members need a directory")
-        self.entries[path] = Entry(kind, member, target=target)
+        entry = Entry(kind, member, name=path[-1], parent=parent, target=target)
+        parent.children[path[-1]] = entry
+        if kind is Kind.SYMLINK:
+            self.symlinks.append(entry)
         if kind is Kind.DIR:
             new_dirs.append(path)
         return new_dirs
 
     def get(self, path: MemberPath) -> Entry | None:
         """The entry at `path`, if any."""
-        return self.entries.get(path)
+        entry: Entry | None = self.root
+        for segment in path:
+            if entry is None or entry.children is None:
+                return None
+            entry = entry.children.get(segment)
+        return entry
 
     def check_symlinks(self) -> None:
         """Refuse the archive if any symlink, followed through the others, leaves the tree."""
-        for path, entry in self.entries.items():
-            if entry.kind is Kind.SYMLINK:
-                self.resolve(path, entry)
+        for link in self.symlinks:
+            self._resolve(link, link.member, 0)
 
-    def resolve(self, path: MemberPath, entry: Entry) -> MemberPath:
-        """Where the symlink at `path` leads, inside the tree; UnsafeArchive when it leaves."""
-        hops = [0]
-        return self._walk(path[:-1], entry.target, entry.member, hops)
+    def resolve(self, path: MemberPath) -> tuple[MemberPath, int]:
+        """Where the symlink at `path` leads: the deepest entry there, and the segments below it.
 
-    def _walk(self, base: MemberPath, target: str, member: str, hops: list[int]) -> MemberPath:
+        UnsafeArchive when it leaves the tree.
+        """
+        link = self.get(path)
+        assert link is not None and link.kind is Kind.SYMLINK
+        entry, below = self._resolve(link, link.member, 0)
+        return entry.path, below
+
+    def _resolve(self, link: Entry, member: str, nesting: int) -> Place:
+        """Where `link` leads, worked out once; its cost is the links followed on the way."""
+        if link.to is not None:
+            return link.to
+        if link.cost < 0 or nesting > MAX_SYMLINK_HOPS:
+            raise refuse(
+                member, f"is a link in a loop or a chain of more than {MAX_SYMLINK_HOPS} links"
+            )
+        link.cost = -1  # being resolved: meeting it again on the way is a loop
+        assert link.parent is not None
+        place, cost = self._walk((link.parent, 0), link.target, member, nesting)
+        link.to, link.cost = place, cost
+        return place
+
+    def _walk(self, place: Place, target: str, member: str, nesting: int) -> tuple[Place, int]:
         # Symlinks are expanded where they occur, as the kernel does, so `a/l/..` goes
-        # where `l` points and then up, not back to `a`.
-        stack = list(base)
+        # where `l` points and then up, not back to `a`; each is worked out only once.
+        entry, below = place
+        hops = 0
         for segment in target.split("/"):
             if segment in ("", "."):
                 continue
             if segment == "..":
-                if not stack:
+                if below:
+                    below -= 1
+                elif entry.parent is None:
                     raise refuse(member, "is a link that points outside the archive")
-                stack.pop()
+                else:
+                    entry = entry.parent
                 continue
-            stack.append(segment)
-            entry = self.entries.get(tuple(stack))
-            if entry is not None and entry.kind is Kind.SYMLINK:
-                hops[0] += 1
-                if hops[0] > MAX_SYMLINK_HOPS:
+            child = None if below or entry.children is None else entry.children.get(segment)
+            if child is None:
+                below += 1
+            elif child.kind is Kind.SYMLINK:
+                (entry, below) = self._resolve(child, member, nesting + 1)
+                hops += 1 + child.cost
+                if hops > MAX_SYMLINK_HOPS:
                     raise refuse(
                         member,
                         f"is a link in a loop or a chain of more than {MAX_SYMLINK_HOPS} links",
                     )
-                stack = list(self._walk(tuple(stack[:-1]), entry.target, member, hops))
-        return tuple(stack)
+            else:
+                entry = child
+        return (entry, below), hops

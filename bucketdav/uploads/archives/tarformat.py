@@ -13,6 +13,7 @@ LONG_TYPES = frozenset(b"LK")
 _DATA_TYPES = frozenset(b"07\x00S")
 _KNOWN_TYPES = frozenset(b"0123456\x00")
 _OCTAL = re.compile(rb" *([0-7]*) *")
+_ASCII = bytes(range(128))
 _DECIMAL = re.compile(r"[0-9]{1,20}")
 _TIME = re.compile(r"-?[0-9]{1,20}(\.[0-9]{0,20})?")
 _SPARSE_MAP = re.compile(r"([0-9]{1,20},[0-9]{1,20})(,[0-9]{1,20},[0-9]{1,20})*")
@@ -83,7 +84,7 @@ def checksum_fault(block: bytes) -> str | None:
     rest = block[:148] + b" " * 8 + block[156:]
     # Some old tars summed signed chars; tar readers accept either sum.
     unsigned = sum(rest)
-    signed = unsigned - 256 * sum(1 for byte in rest if byte > 127)
+    signed = unsigned - 256 * len(rest.translate(None, _ASCII))
     if int(digits.group(1), 8) not in (unsigned, signed):
         return "its checksum does not match"
     return None

@@ -89,9 +89,8 @@ class TreeBuilder:
         for member in members:
             self.add(member)
         self.layout.check_symlinks()
-        for path, entry in self.layout.entries.items():
-            if entry.kind is Kind.SYMLINK:
-                os.symlink(entry.target, self._dest(path))
+        for link in self.layout.symlinks:
+            os.symlink(link.target, self._dest(link.path))
         self._link_blobs()
 
     def add(self, member: Member) -> None:
