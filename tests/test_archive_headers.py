@@ -231,6 +231,20 @@ def test_archive_headers_bad_size_names_the_member(store, size, member, reason):
     assert_no_tree_left(store)
 
 
+def test_archive_headers_negative_size_is_a_422_through_the_api(client):
+    data = bytearray(tar_bytes([F("a.txt", b"hello")], fmt=tarfile.USTAR_FORMAT))
+    data[124:136] = b"\xff" * 12
+    block = data[0:512]
+    with_checksum(block)
+    data[0:512] = block
+    resp = client.put(
+        "/upload/neg.tar", params=bytes(data), status=422, content_type="application/x-tar"
+    )
+    assert resp.json["code"] == 422
+    assert "archive member 'a.txt' has a malformed tar header at offset 0" in resp.json["error"]
+    assert "its size is negative (-1)" in resp.json["error"]
+
+
 def pax_archive(records: bytes, *, member: bytes = b"a.txt", data: bytes = b"hello") -> bytes:
     """A tar of one pax extended header with exactly `records`, then a file member."""
     return tar_blocks(

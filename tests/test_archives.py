@@ -26,6 +26,7 @@ import pytest
 
 from bucketdav.errors import StoreFull, UnsafeArchive
 from bucketdav.store.blobs import Store
+from bucketdav.uploads.archives import readers
 from bucketdav.uploads.archives.extract import classify, unpack
 from bucketdav.uploads.archives.members import Kind, Layout, member_path
 from bucketdav.uploads.archives.tree import TreeBuilder
@@ -573,6 +574,13 @@ def test_archives_zip_with_too_many_entries_is_refused_before_zipfile_reads_it(
     message = refused(store, data, member="many.zip", name="many.zip", max_files=1000)
     assert reason in message
     assert "BUCKETDAV_EXTRACT_MAX_FILES (1000)" in message
+
+
+def test_archives_zip_with_a_huge_directory_is_refused_before_zipfile_reads_it(store, monkeypatch):
+    monkeypatch.setattr(readers, "MAX_DIRECTORY_BYTES", 1000)
+    data = zip_claiming(1, zip64=False, extra_entries=30)
+    message = refused(store, data, member="big.zip", name="big.zip")
+    assert "more than the 1000 bytes extraction reads" in message
 
 
 @pytest.mark.parametrize(

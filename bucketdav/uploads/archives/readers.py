@@ -125,7 +125,14 @@ def tar_members(
     with open(path, "rb") as raw:
         reader = _TarReader(raw.fileno(), archive, follow)
         position = 0
-        while (found := reader.member(position)) is not None:
+        while True:
+            # Every fault of a header is refused by name above; this is for the unforeseen.
+            with malformed(
+                reader.last or archive, what="archive member" if reader.last else "archive"
+            ):
+                found = reader.member(position)
+            if found is None:
+                return
             member, position = found
             yield member
             reader.last = member.name
@@ -362,9 +369,9 @@ def zip_members(path: Path, archive: str, *, max_files: int | None = None) -> It
                 name = _zip_name(info)
             kind = _zip_kind(info)
             if info.compress_type == zipfile.ZIP_BZIP2:
-                chunks = _zip_bzip2(raw.fileno(), info)
+                chunks = _zip_bzip2(raw.fileno(), info, name)
             else:
-                chunks = _zip_stream(archive_file, info)
+                chunks = _zip_stream(archive_file, info, name)
             link = ""
             if kind is Kind.SYMLINK:
                 link = _zip_link_target(name, chunks)
@@ -418,22 +425,23 @@ def _too_many(archive: str, what: str, max_files: int) -> UnsafeArchive:
     )
 
 
-def _zip_stream(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], Iterator[bytes]]:
+def _zip_stream(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str
+) -> Callable[[], Iterator[bytes]]:
     size = LZMA_READ_SIZE if info.compress_type == zipfile.ZIP_LZMA else READ_SIZE
 
     def chunks() -> Iterator[bytes]:
-        with malformed(info.orig_filename), archive.open(info) as stream:
+        with malformed(name), archive.open(info) as stream:
             while data := stream.read(size):
                 yield data
 
     return chunks
 
 
-def _zip_bzip2(fd: int, info: zipfile.ZipInfo) -> Callable[[], Iterator[bytes]]:
+def _zip_bzip2(fd: int, info: zipfile.ZipInfo, name: str) -> Callable[[], Iterator[bytes]]:
     """zipfile decompresses bzip2 without an output bound; read the raw stream with one."""
 
     def chunks() -> Iterator[bytes]:
-        name = info.orig_filename
         if info.flag_bits & 0x1:
             raise refuse(name, "is encrypted; encrypted archives are not extracted")
         with malformed(name):
