@@ -4,6 +4,7 @@ body like an empty Content-Length one, and known compressed content never decomp
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
 import socket
@@ -14,13 +15,133 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import LiveServer, require_tool
-from helpers import files_under, md5
+from helpers import files_under, md5, tar_gz
 
 from bucketdav.store.blobs import Store
+from bucketdav.store.check import check_store
+from bucketdav.store.files import remove_tree
+from bucketdav.uploads.archives import extract
+
+REPORT = {"ci/report.txt": b"all green\n" * 1000, "ci/log.txt": b"step\n" * 500}
 
 
 def deploy_headers(data: bytes, **extra: str) -> dict[str, str]:
     return {"X-Checksum-Deploy": "true", "X-Checksum": md5(data), **extra}
+
+
+@pytest.fixture
+def inflations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the uploads whose compressed content was decompressed, in order."""
+    seen: list[str] = []
+    real = extract.Inflation.__init__
+
+    def counted(self, store, blob, kind, *, max_bytes, name):
+        seen.append(name)
+        real(self, store, blob, kind, max_bytes=max_bytes, name=name)
+
+    monkeypatch.setattr(extract.Inflation, "__init__", counted)
+    return seen
+
+
+def without_created(body: dict) -> dict:
+    """The answer without what differs between the first upload and a later one."""
+    return {k: v for k, v in body.items() if k not in ("created", "filename")}
+
+
+# -- known compressed content ---------------------------------------------------------------
+
+
+def test_deploy_of_a_known_tgz_does_not_decompress_it_again(make_client, inflations):
+    client = make_client()
+    data = tar_gz(REPORT)
+    first = client.put("/upload/build.tgz", data).json
+    assert inflations == ["build.tgz"]
+    again = client.put("/upload/again.tgz", b"", headers=deploy_headers(data)).json
+    assert inflations == ["build.tgz"]
+    assert without_created(again) == without_created(first)
+    assert again["files"] == 2 and again["checksum"]["archive"] is not None
+
+
+def test_upload_of_a_known_tgz_does_not_decompress_it_again(make_client, inflations):
+    client = make_client()
+    data = tar_gz(REPORT)
+    first = client.put("/upload/build.tgz", data).json
+    again = client.put("/upload/build.tgz", data).json
+    assert inflations == ["build.tgz"]
+    assert without_created(again) == without_created(first)
+
+
+def test_deploy_of_a_known_gz_finds_its_decompressed_blob(make_client, inflations):
+    client = make_client()
+    data = gzip.compress(b'{"rows": []}\n' * 100, mtime=0)
+    first = client.put("/upload/rows.json.gz", data).json
+    again = client.put("/upload/rows.json.gz", b"", headers=deploy_headers(data)).json
+    assert inflations == ["rows.json.gz"]
+    assert again["checksum"]["decompressed"] == md5(b'{"rows": []}\n' * 100)
+    assert without_created(again) == without_created(first)
+
+
+def test_known_tgz_with_its_tree_gone_is_extracted_from_its_tar_blob(
+    make_client, store_root, inflations
+):
+    client = make_client()
+    data = tar_gz(REPORT)
+    first = client.put("/upload/build.tgz", data).json
+    remove_tree(store_root / first["path"]["archive"])
+    again = client.put("/upload/build.tgz", b"", headers=deploy_headers(data)).json
+    assert inflations == ["build.tgz"]
+    assert again["files"] == 2
+    assert (store_root / again["path"]["archive"] / "ci" / "report.txt").read_bytes() == (
+        REPORT["ci/report.txt"]
+    )
+
+
+@pytest.mark.parametrize("loss", ["note removed", "decompressed blob removed", "note garbled"])
+def test_lost_note_means_one_more_decompression_and_the_same_answer(
+    make_client, store_root, inflations, loss
+):
+    client = make_client()
+    data = tar_gz(REPORT)
+    first = client.put("/upload/build.tgz", data).json
+    store = Store(store_root, "md5")
+    note = store.note_path(md5(data))
+    if loss == "note removed":
+        note.unlink()
+    elif loss == "decompressed blob removed":
+        (store_root / first["path"]["decompressed"]).unlink()
+    else:
+        note.unlink()
+        note.symlink_to("../../../explode/" + first["path"]["archive"].split("/", 1)[1])
+    again = client.put("/upload/build.tgz", b"", headers=deploy_headers(data)).json
+    assert inflations == ["build.tgz", "build.tgz"]
+    assert without_created(again) == without_created(first)
+    assert os.readlink(note) == os.path.relpath(
+        store_root / first["path"]["decompressed"], note.parent
+    )
+
+
+def test_known_gz_larger_than_the_extraction_bound_is_still_refused(make_client, store_root):
+    data = gzip.compress(b"z" * 100_000, mtime=0)
+    make_client().put("/upload/z.gz", data)
+    small = make_client(BUCKETDAV_EXTRACT_MAX_BYTES="10kb")
+    refused = small.put("/upload/z.gz", b"", headers=deploy_headers(data), status=422).json
+    assert "BUCKETDAV_EXTRACT_MAX_BYTES" in refused["error"]
+    assert refused["error"].startswith("'z.gz'") or "z.gz" in refused["error"]
+
+
+def test_notes_are_private_and_the_store_checks_clean(make_client, store_root):
+    client = make_client()
+    data = tar_gz(REPORT)
+    client.put("/upload/build.tgz", data)
+    client.put("/upload/build.tgz", b"", headers=deploy_headers(data))
+    digest = md5(data)
+    note = f"/decompressed/{digest[:2]}/{digest[2:4]}/{digest}"
+    assert (store_root / note.lstrip("/")).is_symlink()
+    assert client.get(note, status="*").status_int == 404
+    listing = client.request("/", method="PROPFIND", headers={"Depth": "1"}, status="*")
+    assert b"decompressed" not in listing.body
+    report = check_store(store_root, "md5", full=True)
+    assert report.clean, report.examples
 
 
 # -- slot and space ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,12 @@ from bucketdav.store.staging import StagedFile
 log = logging.getLogger(__name__)
 
 PUBLIC_TREES = ("blob", "explode", "replica")
+# decompressed/ab/cd/<sum of a compressed blob> is a symlink to the blob of its decompressed
+# bytes (../../../blob/ef/gh/<sum>), so that known compressed content (uploaded again, or
+# deployed by checksum) is not decompressed again to learn that sum. The note lives in the
+# tree, which stays the only state; it is private (never served), and only a hint: a missing
+# or dangling note costs one decompression, which writes it again.
+DECOMPRESSED = "decompressed"
 # Digests strong enough that equal digests mean equal bytes; any other is checked byte by byte.
 STRONG_ALGORITHMS = frozenset(
     {
@@ -76,6 +83,7 @@ class Store:
         self.blobs = self.root / "blob"
         self.trees = self.root / "explode"
         self.replicas = self.root / "replica"
+        self.notes = self.root / DECOMPRESSED
         self.trusts_digest = algorithm in STRONG_ALGORITHMS
 
     # -- start-up ----------------------------------------------------------------------
@@ -84,7 +92,7 @@ class Store:
         """Create the layout, empty staging/, and check the store is one writable file system."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for path in (self.staging, self.blobs, self.trees, self.replicas):
+            for path in (self.staging, self.blobs, self.trees, self.replicas, self.notes):
                 path.mkdir(exist_ok=True)
             # Every answer relies on these entries; later flushes stop at blob/, explode/, ...
             fsync_dir(self.root)
@@ -193,6 +201,50 @@ class Store:
             return Blob(digest, path, path.stat().st_size)
         except FileNotFoundError:
             return None
+
+    def note_path(self, digest: str) -> Path:
+        """Where the note of what the compressed blob `digest` decompresses to lives."""
+        return self.notes / digest[:2] / digest[2:4] / digest
+
+    def remember_decompressed(self, compressed: str, decompressed: Blob) -> None:
+        """Note that the blob `compressed` decompresses to `decompressed` (see DECOMPRESSED).
+
+        Called once `decompressed` is committed (flushed), so a note never names a blob that
+        a crash could lose. Made in staging/ and renamed over whatever note is there (twins
+        write the same one; a damaged one is mended). It is not flushed: a note lost in a
+        crash costs one decompression.
+        """
+        note = self.note_path(compressed)
+        temp = self.staging / f"note-{uuid.uuid4().hex}"
+        with disk_full_as_store_full():
+            os.symlink(os.path.relpath(decompressed.path, note.parent), temp)
+            try:
+                try:
+                    os.replace(temp, note)
+                except FileNotFoundError:
+                    note.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(temp, note)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+
+    def find_decompressed(self, compressed: str) -> Blob | None:
+        """The blob noted as what `compressed` decompresses to, while stored (find_flushed)."""
+        note = self.note_path(compressed)
+        try:
+            target = os.readlink(note)
+        except OSError:
+            return None
+        digest = os.path.basename(target)
+        if (
+            len(digest) != 2 * self.digest_size
+            or not all(c in "0123456789abcdef" for c in digest)
+            or target != os.path.relpath(self.blob_path(digest), note.parent)
+        ):
+            log.warning("ignoring a note that is not a blob's path: %s", self.relative(note))
+            return None
+        return self.find_flushed(digest)
 
     # -- writing -----------------------------------------------------------------------
 

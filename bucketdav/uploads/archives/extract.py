@@ -28,6 +28,7 @@ READ_SIZE = 1 << 20
 HEAD_SIZE = 512
 COMPRESSED = ("gzip", "bzip2", "xz")
 ARCHIVES = ("tar", "zip")
+_TOO_BIG = "expands to more than BUCKETDAV_EXTRACT_MAX_BYTES ({} bytes)"
 _OPENERS: dict[str, Callable[[BinaryIO], IO[bytes]]] = {
     "gzip": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
     "bzip2": bz2.BZ2File,
@@ -71,15 +72,22 @@ def unpack(store: Store, outcome: Outcome, *, max_bytes: int, max_files: int) ->
     source = outcome.blob
     kind = kind_of(source.path)
     if kind in COMPRESSED:
-        with Inflation(store, source, kind, max_bytes=max_bytes, name=name) as inflation:
-            if source.created and inflation.kind() == "tar":
-                # New content: its tar is extracted while it is being decompressed. (Known
-                # content may have its tree already, which only the tar's digest can tell.)
-                outcome.archive = _extract_inflating(
-                    inflation, outcome, max_bytes=max_bytes, max_files=max_files
-                )
-                return
-            outcome.decompressed = inflation.commit()
+        # Known content was decompressed before: its note names the decompressed blob, and
+        # through that the tree, so neither is made again.
+        known = None if source.created else store.find_decompressed(source.digest)
+        if known is not None and known.size > max_bytes:
+            raise refuse(name, _TOO_BIG.format(max_bytes), what="compressed file")
+        outcome.decompressed = known
+        if known is None:
+            with Inflation(store, source, kind, max_bytes=max_bytes, name=name) as inflation:
+                if source.created and inflation.kind() == "tar":
+                    # New content: its tar is extracted while it is being decompressed. (Known
+                    # content may have its tree already, which only the tar's digest can tell.)
+                    outcome.archive = _extract_inflating(
+                        inflation, outcome, max_bytes=max_bytes, max_files=max_files
+                    )
+                    return
+                outcome.decompressed = inflation.commit()
         source = outcome.decompressed
         kind = kind_of(source.path)
     if kind in ARCHIVES:
@@ -138,10 +146,7 @@ class Inflation:
                             break
                         if self.staged.size + len(data) > self.max_bytes:
                             raise refuse(
-                                self.name,
-                                f"expands to more than BUCKETDAV_EXTRACT_MAX_BYTES "
-                                f"({self.max_bytes} bytes)",
-                                what="compressed file",
+                                self.name, _TOO_BIG.format(self.max_bytes), what="compressed file"
                             )
                         self.staged.write(data)
             self.staged.finish()
@@ -176,9 +181,11 @@ class Inflation:
             raise self.error
 
     def commit(self) -> Blob:
-        """The decompressed blob, once it is whole."""
+        """The decompressed blob, once it is whole; noted as what the compressed blob gives."""
         self.wait()
-        return self.store.commit(self.staged)
+        decompressed = self.store.commit(self.staged)
+        self.store.remember_decompressed(self.blob.digest, decompressed)
+        return decompressed
 
 
 def _extract_inflating(
