@@ -368,6 +368,49 @@ def test_archive_headers_gnu_long_names_of_odd_sizes(store, size, payload, membe
     assert_no_tree_left(store)
 
 
+def sparse_1_0(map_text: bytes, stored: bytes, *, realsize: int = 10) -> bytes:
+    """A tar of one GNU sparse 1.0 member: pax records, then its map and stored bytes."""
+    records = (
+        rec("GNU.sparse.major=1")
+        + rec("GNU.sparse.minor=0")
+        + rec("GNU.sparse.name=s.bin")
+        + rec(f"GNU.sparse.realsize={realsize}")
+    )
+    data = map_text.ljust(512, b"\0") + stored
+    return tar_blocks(
+        raw_tar_header(b"./PaxHeaders/s.bin", b"x", len(records)) + records,
+        raw_tar_header(b"GNUSparseFile.0/s.bin", b"0", len(data)) + data,
+    )
+
+
+def test_archive_headers_sparse_member_has_zeros_in_its_holes(store):
+    outcome = Outcome(blob=store.ingest([sparse_1_0(b"1\n2\n5\n", b"hello")]), filename="s.tar")
+    unpack(store, outcome, max_bytes=MiB, max_files=10)
+    assert (outcome.archive.path / "s.bin").read_bytes() == b"\0\0hello\0\0\0"
+
+
+@pytest.mark.parametrize(
+    ("map_text", "stored", "reason"),
+    [
+        (b"x\n", b"", "does not start with a count"),
+        (b"1\n2\nfive\n", b"hello", "something other than numbers"),
+        (b"99999999\n", b"", "cut short or too long"),
+        (b"2\n0\n5\n2\n1\n", b"hellos", "out of order or overlapping"),
+        (b"1\n8\n5\n", b"hello", "runs past the file's size (10)"),
+        (b"1\n0\n3\n", b"hello", "does not account for its 5 stored bytes"),
+    ],
+)
+def test_archive_headers_bad_sparse_maps_are_refused(store, map_text, stored, reason):
+    data = sparse_1_0(map_text, stored)
+    with pytest.raises(UnsafeArchive) as caught:
+        unpack(
+            store, Outcome(blob=store.ingest([data]), filename="s.tar"), max_bytes=MiB, max_files=10
+        )
+    assert caught.value.member == "s.bin"
+    assert reason in str(caught.value)
+    assert_no_tree_left(store)
+
+
 @pytest.mark.parametrize(
     ("raw", "value"),
     [

@@ -29,6 +29,7 @@ from bucketdav.uploads.archives.tarformat import (
     extension_pairs,
     parse_header,
     pax_records,
+    sparse_lines,
     sparse_map_1_0,
     text,
 )
@@ -272,13 +273,19 @@ class _TarReader:
         realsize = pax.number("GNU.sparse.realsize")
         if realsize is None:
             raise HeaderFault("its pax sparse 1.0 records lack GNU.sparse.realsize")
-        data = b""
-        while (found := sparse_map_1_0(data)) is None:
+        data = bytearray()
+        newlines, lines = 0, 1
+        while newlines < lines:
             chunk = self.read(data_at + len(data), BLOCK)
-            if len(chunk) < BLOCK or len(data) + extra + BLOCK > min(stored, MAX_HEADER_READ):
+            taken = len(data) + BLOCK
+            if len(chunk) < BLOCK or taken > stored or taken + extra > MAX_HEADER_READ:
                 raise HeaderFault("its sparse map is cut short or too long")
             data += chunk
-        pairs, used = found
+            # Newlines counted block by block: the map is never scanned whole more than once.
+            newlines += chunk.count(b"\n")
+            if lines == 1 and newlines:
+                lines = sparse_lines(data)
+        pairs, used = sparse_map_1_0(bytes(data), lines)
         if used > stored:
             raise HeaderFault("its sparse map is longer than its data")
         return pairs, realsize, used

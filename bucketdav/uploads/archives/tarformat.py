@@ -18,6 +18,7 @@ _DECIMAL = re.compile(r"[0-9]{1,20}")
 _TIME = re.compile(r"-?[0-9]{1,20}(\.[0-9]{0,20})?")
 _SPARSE_MAP = re.compile(r"([0-9]{1,20},[0-9]{1,20})(,[0-9]{1,20},[0-9]{1,20})*")
 _RECORD_LENGTH = re.compile(rb"([0-9]{1,8}) ")
+_MAP_NUMBER = re.compile(rb"[0-9]{1,20}")
 _NUMBER_FIELDS = (
     ("mode", 100, 108),
     ("uid", 108, 116),
@@ -156,8 +157,12 @@ def pax_records(data: bytes) -> list[tuple[str, bytes]]:
     records = []
     position = 0
     while position < len(data):
-        if not data[position:].strip(b"\0"):
-            break  # padding after the last record
+        if data[position] == 0:
+            # Padding after the last record, checked once: slicing the rest at every
+            # record would make a header of many small records quadratic.
+            if data.count(b"\0", position) != len(data) - position:
+                raise HeaderFault("its pax records have something after their padding")
+            break
         head = _RECORD_LENGTH.match(data, position)
         if head is None:
             raise HeaderFault(f"its pax record at byte {position} does not start with a length")
@@ -237,25 +242,24 @@ class Pax:
         return list(zip(offsets, sizes, strict=True))
 
 
-def sparse_map_1_0(data: bytes) -> tuple[list[tuple[int, int]], int] | None:
-    """The map at the start of a GNU sparse 1.0 member's data and the bytes it takes.
+def sparse_lines(data: bytes) -> int:
+    """How many lines the map at the start of a GNU sparse 1.0 member's data takes.
 
-    None when `data` ends before the map does (the caller reads more and asks again).
+    `data` holds at least the first line, the count of pieces; each piece takes two more.
     """
-    lines = data.split(b"\n")
-    if len(lines) < 2:
-        return None
-    if not re.fullmatch(rb"[0-9]{1,20}", lines[0]):
+    first = data[: data.index(b"\n")]
+    if not _MAP_NUMBER.fullmatch(first):
         raise HeaderFault("its sparse map does not start with a count")
-    count = int(lines[0])
-    if len(lines) < 2 + 2 * count:
-        if any(not re.fullmatch(rb"[0-9]{0,20}", line) for line in lines[1:]):
-            raise HeaderFault("its sparse map holds something other than numbers")
-        return None
-    numbers = lines[1 : 1 + 2 * count]
-    if any(not re.fullmatch(rb"[0-9]{1,20}", n) for n in numbers):
+    return 1 + 2 * int(first)
+
+
+def sparse_map_1_0(data: bytes, lines: int) -> tuple[list[tuple[int, int]], int]:
+    """The pairs of a GNU sparse 1.0 map of `lines` lines at the start of `data`, and the
+    bytes it takes, whole blocks."""
+    numbers = data.split(b"\n", lines)[1:lines]
+    if any(not _MAP_NUMBER.fullmatch(n) for n in numbers):
         raise HeaderFault("its sparse map holds something other than numbers")
-    used = sum(len(line) + 1 for line in lines[: 1 + 2 * count])
+    used = sum(len(n) + 1 for n in numbers) + data.index(b"\n") + 1
     values = [int(n) for n in numbers]
     return list(zip(values[::2], values[1::2], strict=True)), blocks(used)
 
