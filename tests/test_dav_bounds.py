@@ -171,7 +171,7 @@ def test_dav_served_app_answers_every_propfind_itself(store, body, depth):
 def test_renderer_multistatus_renders_one_node_at_a_time(store):
     folder = store.root / "replica" / "many"
     folder.mkdir()
-    for index in range(2000):
+    for index in range(500):
         (folder / f"f{index:04d}.txt").write_bytes(b"x")
     tree = PublicTree(str(store.root), "md5")
     taken: list[Node] = []
@@ -188,7 +188,7 @@ def test_renderer_multistatus_renders_one_node_at_a_time(store):
     assert first.startswith(b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus ')
     assert 0 < len(taken) < 200
     rest = b"".join(chunks)
-    assert len(taken) == 2000
+    assert len(taken) == 500
     assert rest.endswith(b"</D:multistatus>\n")
 
 
