@@ -325,6 +325,19 @@ def test_archive_headers_pax_size_override_moves_the_next_header(store):
     assert (outcome.archive.path / "b.txt").read_bytes() == b"b"
 
 
+def test_archive_headers_global_records_as_git_archive_writes_them(store):
+    comment = rec("comment=" + "c" * 40)
+    header = raw_tar_header(b"pax_global_header", b"g", len(comment)) + comment
+    with_member = tar_blocks(header, raw_tar_header(b"a.txt", b"0", 1) + b"a")
+    outcome = Outcome(blob=store.ingest([with_member]), filename="git.tar")
+    unpack(store, outcome, max_bytes=MiB, max_files=10)
+    assert (outcome.archive.path / "a.txt").read_bytes() == b"a"
+    # git archive of an empty tree: the global header is all there is, an empty tree.
+    alone = Outcome(blob=store.ingest([tar_blocks(header)]), filename="empty.tar")
+    unpack(store, alone, max_bytes=MiB, max_files=10)
+    assert alone.archive.files == 0 and list(alone.archive.path.iterdir()) == []
+
+
 def test_archive_headers_oversized_pax_header_is_refused_before_reading_it(store):
     records = rec("comment=" + "1" * (2 * MiB))
     with pytest.raises(UnsafeArchive) as caught:
