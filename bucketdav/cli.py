@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib.metadata
 import logging
@@ -63,24 +64,36 @@ class BatchingHandler(logging.StreamHandler):
 
     A request thread only formats its line and appends it: no write, and no thread to wake
     for every line, which cost about a quarter of the time of a small GET (bench/dav.py).
-    Warnings and errors wake the writer at once.
+    Warnings and errors wake the writer at once. At most `limit` lines wait: while the
+    output is stuck (a full pipe nobody reads), later lines are counted, not kept, and the
+    count is logged once the output moves again. A process killed with SIGKILL loses the
+    lines of its last `interval`; SIGTERM and SIGINT lose none (close() writes them).
     """
 
-    def __init__(self, stream: TextIO, interval: float = 0.1) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.1, limit: int = 10_000) -> None:
         super().__init__(stream)
         self.interval = interval
-        self.pending: list[str] = []
+        self.limit = limit
+        # Appended by emit() under the handler's lock, taken by flush() under `output` alone:
+        # a caller of flush() that holds the handler's lock (logging.shutdown) cannot deadlock.
+        self.pending: collections.deque[str] = collections.deque()
+        self.dropped = 0
+        self.counting = threading.Lock()
         self.output = threading.Lock()
         self.wake = threading.Event()
         self.closing = False
         threading.Thread(target=self._run, name="log-writer", daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Queue the formatted line (Handler.handle holds the lock)."""
-        try:
-            self.pending.append(self.format(record) + self.terminator)
-        except Exception:
-            self.handleError(record)
+        """Queue the formatted line, or count it when the queue is full (Handler.handle locks)."""
+        if len(self.pending) >= self.limit:
+            with self.counting:
+                self.dropped += 1
+        else:
+            try:
+                self.pending.append(self.format(record) + self.terminator)
+            except Exception:
+                self.handleError(record)
         if record.levelno >= logging.WARNING:
             self.wake.set()
 
@@ -93,13 +106,30 @@ class BatchingHandler(logging.StreamHandler):
                 self.flush()
 
     def flush(self) -> None:
-        """Write every line queued so far."""
-        with self.lock:
-            lines, self.pending = self.pending, []
-        if lines:
-            with self.output:
+        """Write every line queued so far, and how many were dropped."""
+        # Lines are taken and written under one lock, so they come out in the order they were
+        # queued, whichever thread writes them.
+        with self.output:
+            lines = [self.pending.popleft() for _ in range(len(self.pending))]
+            with self.counting:
+                dropped, self.dropped = self.dropped, 0
+            if dropped:
+                lines.append(self._dropped_line(dropped))
+            if lines:
                 self.stream.write("".join(lines))
                 self.stream.flush()
+
+    def _dropped_line(self, count: int) -> str:
+        record = logging.LogRecord(
+            "bucketdav.log",
+            logging.WARNING,
+            __file__,
+            0,
+            "%d log lines dropped: the log output did not keep up",
+            (count,),
+            None,
+        )
+        return self.format(record) + self.terminator
 
     def close(self) -> None:
         """Write what is left and stop the writer; no join, as the caller may hold the lock."""

@@ -37,11 +37,13 @@ def logged() -> Iterator[Callable[..., tuple[SlowStream, logging.Logger]]]:
     """`logged(interval, blocked=False)`: a stream, and a logger writing to it in batches."""
     made: list[tuple[SlowStream, BatchingHandler]] = []
 
-    def make(interval: float, *, blocked: bool = False) -> tuple[SlowStream, logging.Logger]:
+    def make(
+        interval: float, *, blocked: bool = False, **options: int
+    ) -> tuple[SlowStream, logging.Logger]:
         stream = SlowStream()
         if not blocked:
             stream.release.set()
-        handler = BatchingHandler(stream, interval=interval)
+        handler = BatchingHandler(stream, interval=interval, **options)
         logger = logging.getLogger(f"test.batching.{len(made)}.{id(handler)}")
         logger.propagate = False
         logger.setLevel(logging.INFO)
@@ -92,6 +94,86 @@ def test_logging_errors_are_written_without_waiting_for_the_interval(logged):
     logger.error("it broke")
     assert wait_for(lambda: "it broke" in stream.getvalue(), timeout=3)
     assert stream.getvalue().splitlines() == ["before", "it broke"]
+
+
+def test_logging_queue_is_bounded_and_the_lines_dropped_are_counted(logged):
+    stream, logger = logged(0.01, blocked=True)
+    (handler,) = logger.handlers
+    logger.info("first")
+    assert wait_for(lambda: stream.writes == 1)  # the writer is now stuck in write()
+    for index in range(25_000):
+        logger.info("queued %d", index)
+    assert len(handler.pending) == 10_000
+    stream.release.set()
+    assert wait_for(lambda: "dropped" in stream.getvalue())
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "first",
+        *(f"queued {index}" for index in range(10_000)),
+        "15000 log lines dropped: the log output did not keep up",
+    ]
+    logger.info("after")
+    assert wait_for(lambda: stream.getvalue().endswith("up\nafter\n"))
+
+
+class HeldDoor:
+    """A lock that keeps the log writer thread waiting at it until `open` is set."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.writer_waiting = threading.Event()
+        self.open = threading.Event()
+
+    def __enter__(self) -> None:
+        if threading.current_thread().name == "log-writer":
+            self.writer_waiting.set()
+            self.open.wait(10)
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_logging_close_racing_the_writer_keeps_batches_in_order(logged):
+    stream, logger = logged(30)
+    (handler,) = logger.handlers
+    handler.output = door = HeldDoor()
+    logger.warning("first")  # wakes the writer, which stops at the door
+    assert door.writer_waiting.wait(5)
+    logger.info("second")
+    handler.close()
+    door.open.set()
+    assert wait_for(lambda: "first" in stream.getvalue())
+    assert stream.getvalue().splitlines() == ["first", "second"]
+
+
+def test_logging_flush_by_a_holder_of_the_handler_lock_cannot_deadlock():
+    stream = SlowStream()
+    stream.release.set()
+    # Not the fixture: were this to deadlock, closing the handler afterwards would hang too.
+    handler = BatchingHandler(stream, interval=30)
+    logger = logging.getLogger(f"test.batching.deadlock.{id(handler)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    handler.output = door = HeldDoor()
+    logger.warning("first")
+    assert door.writer_waiting.wait(5)
+    holding, flushed = threading.Event(), threading.Event()
+
+    def shutdown() -> None:
+        # What logging.shutdown() does at exit: flush with the handler's lock held.
+        with handler.lock:
+            holding.set()
+            wait_for(lambda: door.lock.locked() or stream.getvalue())  # the writer is in flush()
+            handler.flush()
+        flushed.set()
+
+    threading.Thread(target=shutdown, daemon=True).start()
+    assert holding.wait(5)
+    door.open.set()
+    assert flushed.wait(5)
+    assert stream.getvalue() == "first\n"
+    handler.close()
 
 
 def test_logging_close_writes_what_is_left():
