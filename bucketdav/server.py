@@ -23,7 +23,7 @@ from bucketdav.api import INTERNAL_ERROR, LOG_REASON, Api, error_json, is_api_pa
 from bucketdav.dav.app import make_dav_app
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Store
-from bucketdav.uploads.receive import body_left_unread, stop_reading
+from bucketdav.uploads.receive import ChunkedBody, body_left_unread, left_unread, stop_reading
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("bucketdav.access")
@@ -32,6 +32,16 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 MAX_HEADER_BYTES = 64 * 1024
 # How long a worker waits for the next request on its connection before handing it back.
 KEEP_WARM_MS = 2
+# After an answer given before the body was read, the client may still be sending it: read
+# and drop up to this much, for up to this long, so that closing does not reset the
+# connection and take the answer with it (RFC 9112 9.6).
+LINGER_BYTES = 4 << 20
+LINGER_SECONDS = 1.0
+# A field line is a token, a colon and a value without CR, LF or NUL (RFC 9112 5): a space
+# before the colon or a folded line is read one way by a proxy and another by a server,
+# which is how request smuggling starts.
+FIELD_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*\r\n"
+REQUEST_FIELDS = re.compile(rb"(?:" + FIELD_LINE + rb")*\r\n")
 SECURITY_HEADERS = (
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
@@ -224,14 +234,147 @@ class HeadWatch:
                             sock.shutdown(socket.SHUT_RDWR)
 
 
+def head_problem(lines: list[bytes], *, framed: bool, http11: bool) -> str | None:
+    """Why the field lines of a request head (its end included) cannot be trusted, or None.
+
+    `framed` says whether the head has Content-Length or Transfer-Encoding at all; Cheroot
+    keeps only the last Content-Length, so every one of them is looked at here.
+    """
+    if not REQUEST_FIELDS.fullmatch(b"".join(lines)):
+        bad = next((line for line in lines if not re.fullmatch(FIELD_LINE, line)), b"")
+        return f"malformed header line {bad[:40]!r}"
+    if not framed:
+        return None
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    for line in lines[:-1]:
+        name, _, value = line.partition(b":")
+        key = name.lower()
+        if key == b"content-length":
+            lengths.append(value.strip(b" \t\r\n"))
+        elif key == b"transfer-encoding":
+            codings.append(value.strip(b" \t\r\n"))
+    return framing_problem(lengths, codings, http11=http11)
+
+
+def framing_problem(lengths: list[bytes], codings: list[bytes], *, http11: bool) -> str | None:
+    """Why Content-Length and Transfer-Encoding values cannot frame a request, or None."""
+    if codings:
+        if not http11:
+            return "Transfer-Encoding needs HTTP/1.1"
+        if lengths:
+            return "send Content-Length or Transfer-Encoding, not both"
+        names = [name.strip(b" \t").lower() for value in codings for name in value.split(b",")]
+        if names[-1] != b"chunked" or names.count(b"chunked") > 1 or b"" in names:
+            return "Transfer-Encoding must end with chunked, applied once"
+        return None
+    if not all(value.isdigit() for value in lengths):
+        return "Content-Length must be a decimal number of bytes"
+    if len(set(lengths)) > 1:
+        return "Content-Length values differ"
+    return None
+
+
+class _HeadLines:
+    """Hands Cheroot's header reader the lines of a request head, keeping them for a check."""
+
+    __slots__ = ("lines", "rfile")
+
+    def __init__(self, rfile: Any) -> None:
+        self.rfile = rfile
+        self.lines: list[bytes] = []
+
+    def readline(self) -> bytes:
+        line = self.rfile.readline()
+        self.lines.append(line)
+        return line
+
+
+_READ_FIELDS = cheroot_server.HeaderReader()
+
+
+def _linger(sock: socket.socket) -> None:
+    """End our side of the connection, then read and drop what still comes, within bounds."""
+    deadline = time.monotonic() + LINGER_SECONDS
+    buffer = bytearray(64 << 10)
+    dropped = 0
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        while dropped < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            count = sock.recv_into(buffer)
+            if not count:
+                return
+            dropped += count
+
+
+def _gateway_class(timeout: float) -> type[wsgi.Gateway_10]:
+    class Gateway(wsgi.Gateway_10):
+        def get_environ(self) -> dict[str, Any]:
+            if self.req.chunked_read:
+                self.req.rfile = ChunkedBody(self.req.conn.rfile, timeout=timeout)
+            return super().get_environ()
+
+    return Gateway
+
+
 def _connection_class(watch: HeadWatch) -> type[cheroot_server.HTTPConnection]:
     class Request(cheroot_server.HTTPRequest):
         def parse_request(self) -> None:
             with watch.watching(self.conn.socket):
                 super().parse_request()
 
+        def header_reader(self, rfile: Any, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+            head = _HeadLines(rfile)
+            try:
+                _READ_FIELDS(head, fields)
+                problem = head_problem(
+                    head.lines,
+                    framed=b"Content-Length" in fields or b"Transfer-Encoding" in fields,
+                    http11=self.response_protocol == "HTTP/1.1",
+                )
+                if problem:
+                    raise ValueError(problem)
+            except ValueError:
+                # Cheroot answers 400 and closes; a body may be on its way.
+                self.conn.linger_on_close = True
+                raise
+            return fields
+
+        def send_headers(self) -> None:
+            if left_unread(self.rfile):
+                # Answered before the body was read: what is left of it must never be taken
+                # for the next request, and draining it could take for ever.
+                self.close_connection = True
+                self.conn.linger_on_close = True
+            elif any(
+                name.lower() == b"connection" and b"close" in value.lower()
+                for name, value in self.outheaders
+            ):
+                # Cheroot sends an application's `Connection: close` but keeps reading.
+                self.close_connection = True
+            super().send_headers()
+
+        def simple_response(self, status: str, msg: str | bytes = "") -> None:
+            # Cheroot's own answers (a malformed request, a timeout) all end the connection,
+            # but only two of them say so: a client or a proxy must not send another request.
+            self.close_connection = True
+            body = msg.encode("latin-1", "replace") if isinstance(msg, str) else msg
+            head = (
+                f"{self.server.protocol} {status}\r\nContent-Length: {len(body)}\r\n"
+                "Content-Type: text/plain\r\nConnection: close\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):
+                self.conn.wfile.write(head.encode("latin-1") + body)
+
     class Connection(cheroot_server.HTTPConnection):
         RequestHandlerClass = Request
+        linger_on_close = False
+
+        def close(self) -> None:
+            if self.linger_on_close:
+                _linger(self.socket)
+            super().close()
 
         def communicate(self) -> bool:
             # A client that sends its next request at once is served by the same thread:
@@ -272,6 +415,7 @@ def build_server(settings: Settings, store: Store) -> wsgi.Server:
     )
     server.max_request_header_size = MAX_HEADER_BYTES
     server.ConnectionClass = _connection_class(HeadWatch(settings.timeout))
+    server.gateway = _gateway_class(settings.timeout)
     return server
 
 

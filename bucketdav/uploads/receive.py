@@ -7,6 +7,7 @@ import binascii
 import contextlib
 import functools
 import hashlib
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,23 @@ MAX_OTHER_PARTS_BYTES = 64 * 1024
 MIN_BYTES_PER_TIMEOUT = 16 * 1024
 # A read that has waited this long returns what it has rather than fill its whole buffer.
 PARTIAL_READ_AFTER = 0.5
+# A chunk-size line is hex digits only, then extensions (RFC 9112 7.1): anything looser is
+# how a proxy in front and this server come to disagree on where a request ends.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+CHUNK_SIZE_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*"
+    + _TOKEN
+    + rb"(?:[ \t]*=[ \t]*(?:"
+    + _TOKEN
+    + rb"|"
+    + _QUOTED
+    + rb"))?)*\r\n"
+)
+TRAILER_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n")
+# Bounds on the framing around the data: one chunk-size line, and all trailer fields.
+MAX_CHUNK_LINE = 4096
+MAX_TRAILERS = 16 << 10
 
 # Checksum headers Artifactory clients send, and the hashlib algorithm of each.
 CHECKSUM_HEADERS = {
@@ -90,29 +108,174 @@ def socket_reader(stream: Any) -> Callable[[int], bytes] | None:
 
 
 def stop_reading(environ: dict[str, Any]) -> None:
-    """Leave the rest of the request body unread and have the connection closed after the answer.
-
-    Cheroot would otherwise read an unread Content-Length body to its end, into one buffer
-    of that size, before answering (or take a chunked one for the next request); zeroing
-    what it thinks remains and shutting the socket's read side ends both.
-    """
-    stream = environ.get("wsgi.input")
-    if hasattr(stream, "remaining"):
-        stream.remaining = 0
-    raw = getattr(getattr(stream, "rfile", None), "raw", None)
-    sock = getattr(raw, "_sock", None)
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RD)
+    """Leave the rest of the body unread: the server ends the connection after the answer."""
+    with contextlib.suppress(AttributeError):
+        environ.get("wsgi.input").stopped = True
 
 
 def body_left_unread(environ: dict[str, Any]) -> bool:
     """True when the request still has body bytes the application did not read."""
-    stream = environ.get("wsgi.input")
-    if getattr(stream, "remaining", 0):
+    return left_unread(environ.get("wsgi.input"))
+
+
+def left_unread(stream: Any) -> bool:
+    """True when a request body stream has not been read to its end (or reading was stopped)."""
+    if getattr(stream, "stopped", False) or getattr(stream, "remaining", 0):
         return True
-    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    return chunked and getattr(stream, "closed", True) is False
+    return isinstance(stream, ChunkedBody) and not stream.finished
+
+
+class ChunkedBody:
+    """wsgi.input of a chunked request: strict framing, read in bounded pieces.
+
+    Cheroot's own reader takes each chunk into memory whole, however large it says it is,
+    blocks inside it for as long as the client trickles, and reads sizes such as `+5` or
+    `0x5` as numbers. Here data comes in pieces of at most the size asked for, as soon as
+    some has arrived, so the size limit and the rate rule of `body_chunks` see every piece;
+    a framing line that trickles in for longer than `timeout` seconds is TooSlow. Broken
+    framing is ValueError, as from any reader of bad data (`body_chunks` answers it with 400).
+    """
+
+    def __init__(self, rfile: Any, *, timeout: float | None = None) -> None:
+        self.rfile = rfile
+        self.timeout = timeout
+        self.left = 0
+        self.finished = False
+        self.stopped = False
+
+    def read1(self, size: int = READ_SIZE) -> bytes:
+        """Up to `size` bytes of the body, once some have come; b"" at its end."""
+        pieces: list[bytes] = []
+        got = 0
+        started = time.monotonic()
+        while got < size and not self.finished:
+            if not self.left:
+                if got and not self.rfile.has_data():
+                    break  # hand over what has come rather than wait for the next chunk
+                self._next_chunk()
+                continue
+            piece = self._piece(min(size - got, self.left))
+            pieces.append(piece)
+            got += len(piece)
+            self.left -= len(piece)
+            if not self.left:
+                self._chunk_end()
+            if time.monotonic() - started > PARTIAL_READ_AFTER:
+                break
+        return b"".join(pieces)
+
+    def read(self, size: int | None = -1) -> bytes:
+        """`size` bytes of the body, fewer only at its end; all of it when `size` is negative."""
+        pieces: list[bytes] = []
+        got = 0
+        while size is None or size < 0 or got < size:
+            piece = self.read1(READ_SIZE if size is None or size < 0 else size - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """One line of the body (up to `size` bytes)."""
+        line = bytearray()
+        while size is None or size < 0 or len(line) < size:
+            if not self.left:
+                if self.finished:
+                    break
+                self._next_chunk()
+                continue
+            view = self.rfile.peek(1)
+            if not view:
+                raise ClientGone("the body ended inside a chunk")
+            want = min(len(view), self.left)
+            if size is not None and size >= 0:
+                want = min(want, size - len(line))
+            end = view.find(b"\n", 0, want)
+            count = want if end < 0 else end + 1
+            line += self.rfile.read(count)
+            self.left -= count
+            if not self.left:
+                self._chunk_end()
+            if end >= 0:
+                break
+        return bytes(line)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        """The remaining lines of the body."""
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def close(self) -> None:
+        """Nothing to release: the connection's reader belongs to the server."""
+
+    def _piece(self, size: int) -> bytes:
+        """Up to `size` bytes inside the current chunk, at least one."""
+        if self.rfile.has_data():
+            data = self.rfile.read1(size)
+        else:
+            # Straight from the socket: the buffered reader would copy every byte twice more.
+            buffer = bytearray(size)
+            view = memoryview(buffer)
+            got = 0
+            started = time.monotonic()
+            while got < size and (count := self.rfile.raw.readinto(view[got:])):
+                got += count
+                if time.monotonic() - started > PARTIAL_READ_AFTER:
+                    break
+            data = bytes(view[:got])
+        if not data:
+            raise ClientGone("the body ended inside a chunk")
+        return data
+
+    def _chunk_end(self) -> None:
+        if self.rfile.read(2) != b"\r\n":
+            raise ValueError("malformed chunked body: chunk data is not followed by CRLF")
+
+    def _next_chunk(self) -> None:
+        size = chunk_size(self._line(MAX_CHUNK_LINE))
+        if size:
+            self.left = size
+            return
+        since = time.monotonic()
+        total = 0
+        while (line := self._line(MAX_TRAILERS - total, since=since)) != b"\r\n":
+            total += len(line)
+            if not TRAILER_LINE.fullmatch(line):
+                raise ValueError(f"malformed chunked body: bad trailer field {_shown(line)}")
+        self.finished = True
+
+    def _line(self, limit: int, *, since: float | None = None) -> bytes:
+        """One framing line, CRLF included, of at most `limit` bytes."""
+        line = bytearray()
+        while True:
+            view = self.rfile.peek(1)
+            if not view:
+                raise ClientGone("the body ended inside its chunked framing")
+            since = since or time.monotonic()
+            room = limit + 1 - len(line)
+            end = view.find(b"\n", 0, room)
+            line += self.rfile.read(min(len(view), room) if end < 0 else end + 1)
+            if end >= 0:
+                return bytes(line)
+            if len(line) > limit:
+                raise ValueError("malformed chunked body: a framing line is too long")
+            if self.timeout is not None and time.monotonic() - since > self.timeout:
+                raise TooSlow(f"the chunked framing took over {self.timeout:g}s for one line")
+
+
+def chunk_size(line: bytes) -> int:
+    """The size a chunk-size line (CRLF included) declares; ValueError unless it is strict."""
+    match = CHUNK_SIZE_LINE.fullmatch(line)
+    if match is None:
+        raise ValueError(f"malformed chunked body: bad chunk-size line {_shown(line)}")
+    return int(match.group(1), 16)
+
+
+def _shown(line: bytes) -> str:
+    return repr(line[:40].removesuffix(b"\r\n").decode("latin-1"))
 
 
 def body_chunks(
@@ -124,7 +287,7 @@ def body_chunks(
     `timeout` seconds is cut off (TooSlow).
     """
     stream = environ["wsgi.input"]
-    read = socket_reader(stream) or stream.read
+    read = socket_reader(stream) or getattr(stream, "read1", None) or stream.read
     received = 0
     window_start, window_bytes = time.monotonic(), 0
     while length is None or received < length:
@@ -132,7 +295,7 @@ def body_chunks(
         try:
             chunk = read(want)
         except (OSError, ValueError) as exc:
-            # Cheroot raises these for a broken chunked framing or a dropped connection.
+            # A broken chunked framing (ValueError) or a dropped connection.
             raise ClientGone(f"the request body could not be read: {exc}") from None
         if not chunk:
             if length is not None:
