@@ -228,13 +228,22 @@ def test_dav_live_propfind_answer_is_streamed_not_built_whole(live_server):
 # -- slow bodies --------------------------------------------------------------------------
 
 
-def test_dav_live_trickled_bodies_are_cut_off_and_healthz_answers(live_server_factory):
+# A PROPFIND head, and how each trickled byte is framed.
+TRICKLES = {
+    "length": (b"Content-Length: 1000\r\n\r\n", b" "),
+    "chunked": (b"Transfer-Encoding: chunked\r\n\r\n", b"1\r\n \r\n"),
+}
+
+
+@pytest.mark.parametrize("framing", list(TRICKLES))
+def test_dav_live_trickled_bodies_are_cut_off_and_healthz_answers(live_server_factory, framing):
     server = live_server_factory(BUCKETDAV_THREADS="2", BUCKETDAV_TIMEOUT="1")
+    head, byte = TRICKLES[framing]
     started = time.monotonic()
     tricklers = []
     for _ in range(2):
         sock = socket.create_connection((server.host, server.port), timeout=10)
-        sock.sendall(b"PROPFIND / HTTP/1.1\r\nHost: t\r\nDepth: 0\r\nContent-Length: 1000\r\n\r\n<")
+        sock.sendall(b"PROPFIND / HTTP/1.1\r\nHost: t\r\nDepth: 0\r\n" + head + byte)
         sock.setblocking(False)
         tricklers.append(sock)
     health: dict[str, float | int] = {}
@@ -261,7 +270,7 @@ def test_dav_live_trickled_bodies_are_cut_off_and_healthz_answers(live_server_fa
                     answers[index] = (sock.recv(4096), time.monotonic())
                     continue
                 with contextlib.suppress(OSError):
-                    sock.send(b" ")
+                    sock.send(byte)
             time.sleep(0.2)
     finally:
         for sock in tricklers:
