@@ -1,4 +1,5 @@
-"""Command line: `bucketdav serve` runs the server, `bucketdav check` checks a store."""
+"""Command line: `bucketdav serve` runs the server, `bucketdav check` checks a store,
+`bucketdav push` sends files and folders to a server."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from bucketdav import __version__
+from bucketdav.client import command as push_command
 from bucketdav.settings import SettingError, Settings, load_settings, parse_env_file
 from bucketdav.store.blobs import StoreError
 
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
     check.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
     check.set_defaults(host=None, port=None)
+    push = commands.add_parser("push", help="send files and folders to a server")
+    push_command.add_arguments(push)
     return parser
 
 
@@ -152,6 +156,9 @@ def setup_logging() -> BatchingHandler:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "push":
+        # A client: no server settings, no log handler; it speaks on stdout and stderr.
+        return push_command.run(args, os.environ, stdout=sys.stdout, stderr=sys.stderr)
     handler = setup_logging()
     try:
         settings = settings_from(args, dict(os.environ))
