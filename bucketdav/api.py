@@ -150,7 +150,12 @@ class Api:
         ok, reason = self.store.healthy()
         bottle.response.status = 200 if ok else 503
         return _json(
-            {"code": 200 if ok else 503, "status": "ok" if ok else "unavailable", "detail": reason}
+            {
+                "code": 200 if ok else 503,
+                "status": "ok" if ok else "unavailable",
+                "detail": reason,
+                "node": self.store.node,
+            }
         )
 
     def checksum(self, text: str) -> str:

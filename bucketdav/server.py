@@ -447,7 +447,12 @@ def listen(server: wsgi.Server, host: str, port: int) -> None:
 
 def serve(settings: Settings) -> None:
     """Listen, open the store and serve until SIGINT or SIGTERM, then finish requests in flight."""
-    store = Store(settings.archive_dir, settings.checksum_type, min_free=settings.min_free)
+    store = Store(
+        settings.archive_dir,
+        settings.checksum_type,
+        min_free=settings.min_free,
+        node=settings.node,
+    )
     server = build_server(settings, store)
     listen(server, settings.host, settings.port)
     try:
@@ -459,11 +464,12 @@ def serve(settings: Settings) -> None:
         raise
     host, port = server.bind_addr[:2]
     log.info(
-        "bucketdav listening on http://%s:%d/ store %s (%s)",
+        "bucketdav listening on http://%s:%d/ store %s (%s) node %s",
         host,
         port,
         store.root,
         store.algorithm,
+        store.node,
     )
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from bucketdav.uploads.templates import Template, TemplateError, parse_template
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 REPLICATE_NAMES = tuple(f"REPLICATE_{i}" for i in range(10))
+# A node name is one path segment (staging/<node>/), used as given: the characters of host names.
+_NODE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$")
 
 
 class SettingError(ValueError):
@@ -103,6 +106,17 @@ def _seconds(text: str) -> float:
 
 def _optional(text: str) -> str | None:
     return text.strip() or None
+
+
+def parse_node(text: str) -> str:
+    """This node's name (empty: the host name): letters, digits, `.`, `_`, `-`, one segment."""
+    name = text.strip() or socket.gethostname()
+    if not _NODE_RE.match(name):
+        raise ValueError(
+            "a node name is 1 to 253 letters, digits, '.', '_' or '-', not starting with "
+            "'.' or '-'" + ("" if text.strip() else " (the host name is not one: set one)")
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -212,6 +226,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Addresses or networks (10.0.0.0/8) of proxies whose X-Forwarded-Proto and "
         "X-Forwarded-Host are believed; from anyone else they are ignored.",
     ),
+    Setting(
+        "BUCKETDAV_NODE",
+        "node",
+        "",
+        parse_node,
+        "This server's name among several on one store: its staging folder (staging/<node>/), "
+        "named in /healthz; unset, the host name.",
+    ),
 )
 
 
@@ -233,6 +255,7 @@ class Settings:
     timeout: float
     public_url: str | None
     trusted_proxies: tuple[Network, ...]
+    node: str
     replicate: tuple[Template, ...] = field(default=())
 
     def public(self) -> dict[str, Any]:

@@ -56,7 +56,12 @@ def make_client(store_root: Path) -> Callable[..., webtest.TestApp]:
 
     def build(**env: str) -> webtest.TestApp:
         settings = make_settings(store_root, **env)
-        store = Store(settings.archive_dir, settings.checksum_type, min_free=settings.min_free)
+        store = Store(
+            settings.archive_dir,
+            settings.checksum_type,
+            min_free=settings.min_free,
+            node=settings.node,
+        )
         store.open()
         return webtest.TestApp(make_app(settings, store), lint=False)
 

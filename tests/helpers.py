@@ -8,6 +8,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from bucketdav.settings import parse_node
+
 # A real MD5 collision: two different 128-byte blocks with the same MD5.
 MD5_COLLISION_A = bytes.fromhex(
     "d131dd02c5e6eec4693d9a0698aff95c2fcab58712467eab4004583eb8fb7f89"
@@ -34,6 +36,19 @@ def files_under(root: Path) -> list[Path]:
     for dirpath, _dirs, files in os.walk(root):
         out.extend(Path(dirpath) / name for name in files)
     return sorted(out)
+
+
+def own_staging(root: Path) -> Path:
+    """The staging folder of a server started with the default node name (the host name)."""
+    return root / "staging" / parse_node("")
+
+
+def staged(root: Path) -> list[Path]:
+    """Every entry in staging/ of any node (staging/<node>/…, or left directly in staging/)."""
+    out: list[Path] = []
+    for top in sorted((root / "staging").iterdir()):
+        out.extend(sorted(top.iterdir()) if top.is_dir() and not top.is_symlink() else [top])
+    return out
 
 
 def assert_blobs_sound(root: Path, algorithm: str = "md5") -> None:

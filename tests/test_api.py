@@ -16,6 +16,8 @@ from helpers import (
     files_under,
     md5,
     multipart_body,
+    own_staging,
+    staged,
 )
 
 ERROR_KEYS = {"code", "status", "error"}
@@ -78,7 +80,7 @@ def test_upload_put_raw_body(client, store_root):
     body = put(client, "build.log", b"line\n" * 100).json
     assert body["checksum"]["blob"] == md5(b"line\n" * 100)
     assert body["filename"] == "build.log"
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
 
 
 def test_upload_same_content_is_stored_once(client, store_root):
@@ -118,7 +120,7 @@ def test_upload_post_truncated_multipart_is_400_and_keeps_nothing(client, store_
     resp = post_raw(client, body[:-40], ctype, status=400)
     assert_error(resp, 400)
     assert files_under(store_root / "blob") == []
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
 
 
 def test_upload_put_without_name_is_400(client):
@@ -131,7 +133,7 @@ def test_upload_put_larger_than_limit_is_413_before_storing(make_client, store_r
     resp = put(client, "big", b"x" * 1025, status=413)
     assert "1kb" in assert_error(resp, 413)["error"]
     assert files_under(store_root / "blob") == []
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
     put(client, "fits", b"x" * 1024)
 
 
@@ -159,7 +161,7 @@ def test_upload_checksum_headers_are_verified(client, store_root, header, value_
     assert [p.name for p in files_under(store_root / "blob")] == [md5(b"payload")]
     resp = post_file(client, "bad", b"tampered", headers={header: value_of(b"payload")}, status=422)
     assert_error(resp, 422)
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
 
 
 def test_upload_malformed_checksum_header_is_400(client, store_root):
@@ -192,7 +194,7 @@ def test_upload_md5_collision_is_409_and_keeps_stored_blob(client, store_root):
     assert "different content" in assert_error(resp, 409)["error"]
     blobs = files_under(store_root / "blob")
     assert len(blobs) == 1 and blobs[0].read_bytes() == MD5_COLLISION_A
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
 
 
 def test_upload_strong_checksum_type_names_blobs(make_client, store_root):
@@ -273,8 +275,8 @@ def test_config_shows_effective_settings(make_client, store_root):
 
 def test_healthz_ok_then_503_when_store_unwritable(client, store_root):
     assert client.get("/healthz").json["status"] == "ok"
-    os.rmdir(store_root / "staging")
-    (store_root / "staging").write_bytes(b"not a directory")
+    os.rmdir(own_staging(store_root))
+    own_staging(store_root).write_bytes(b"not a directory")
     assert client.get("/healthz", status=503).status_int == 503
 
 
@@ -337,7 +339,7 @@ def test_upload_disk_full_while_writing_is_507_and_keeps_nothing(client, store_r
     assert_error(put(client, "big", b"x" * 5000, status=507), 507)
     monkeypatch.undo()
     assert files_under(store_root / "blob") == []
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
 
 
 def test_upload_put_without_length_is_411(client):
@@ -379,4 +381,4 @@ def test_upload_disk_full_in_the_writer_thread_is_507(client, store_root, monkey
     assert_error(resp, 507)
     assert written[0] > 256 * 1024  # large chunks went through the writer thread
     assert files_under(store_root / "blob") == []
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []

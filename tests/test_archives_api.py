@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import MD5_COLLISION_A, MD5_COLLISION_B
+from helpers import MD5_COLLISION_A, MD5_COLLISION_B, staged
 from test_archives import (
     D,
     F,
@@ -108,7 +108,7 @@ def test_archives_api_unsafe_archive_is_422_and_keeps_the_blob(client, store_roo
     assert set(body) == {"code", "status", "error"} and body["code"] == 422
     assert f"'{member}'" in body["error"]
     client.head(f"/checksum/{md5(data)}", status=200)
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
     assert list((store_root / "explode").iterdir()) == []
     assert list((store_root.parent / "outside").iterdir()) == []
     assert not Path("/tmp/bucketdav-archive-escape").exists()
@@ -141,7 +141,7 @@ def test_archives_api_member_colliding_with_a_stored_blob_is_409(client, store_r
     blob = store_root / "blob" / md5(MD5_COLLISION_A)[:2] / md5(MD5_COLLISION_A)[2:4]
     assert (blob / md5(MD5_COLLISION_A)).read_bytes() == MD5_COLLISION_A
     assert list((store_root / "explode").iterdir()) == []
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
 
 
 def test_archives_api_repeat_upload_does_not_extract_again(client, store_root, monkeypatch):
@@ -178,7 +178,7 @@ def test_archives_api_concurrent_identical_uploads_make_one_tree(live_server):
     assert {a.json()["files"] for a in answers} == {300}
     root = live_server.root
     assert len(list((root / "explode").glob("*/*/*"))) == 1
-    assert list((root / "staging").iterdir()) == []
+    assert staged(root) == []
     tree = root / answers[0].json()["path"]["archive"]
     assert (tree / "d3" / "f10").read_bytes() == b"10" * 50
 
@@ -208,4 +208,4 @@ def test_archives_api_emlink_falls_back_to_copies(client, store_root):
     assert linked + copies == count
     if os.stat(empty_blob).st_nlink < count:  # the file system has a link limit below 70,000
         assert copies > 0
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []

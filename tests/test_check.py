@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import files_under, md5, tar_gz
+from helpers import files_under, md5, own_staging, staged, tar_gz
 
 from bucketdav.store.blobs import Store
 from bucketdav.store.check import check_store
@@ -230,9 +230,9 @@ def test_check_finds_wrong_modes(store):
 
 
 def test_check_staging_leftovers_only_when_old(store):
-    fresh = store / "staging" / "up-fresh"
+    fresh = own_staging(store) / "up-fresh"
     fresh.write_bytes(b"in flight")
-    old = store / "staging" / "tree-old"
+    old = own_staging(store) / "tree-old"
     (old / "deep").mkdir(parents=True)
     (old / "deep" / "f").write_bytes(b"x")
     hour_ago = time.time() - 7200
@@ -269,10 +269,10 @@ def test_check_repair_fixes_what_it_can_and_keeps_all_data(store, tmp_path):
     (folder(store) / "out").symlink_to(tmp_path / "outside")
     os.chmod(store / "blob" / DIGEST[:2] / DIGEST[2:4] / DIGEST, 0o664)
     os.chmod(folder(store), 0o2777)
-    old = store / "staging" / "up-old"
+    old = own_staging(store) / "up-old"
     old.write_bytes(b"x")
     os.utime(old, (time.time() - 7200,) * 2)
-    fresh = store / "staging" / "up-fresh"
+    fresh = own_staging(store) / "up-fresh"
     fresh.write_bytes(b"y")
     blobs_before = {p: p.read_bytes() for p in files_under(store / "blob")}
 
@@ -408,13 +408,13 @@ def test_check_and_start_up_handle_trees_thousands_of_folders_deep(make_client, 
         tar.addfile(info, io.BytesIO(b"deep"))
     try:
         assert client.put("/upload/deep.tar", buf.getvalue()).json["files"] == 1
-        leftover = store_root / "staging" / "tree-crashed"
+        leftover = own_staging(store_root) / "tree-crashed"
         make_deep(leftover, 1050)
         report = check(store_root)
         assert report.scanned["trees"] == 1 and report.scanned["linked files"] == 1
         assert report.problems["leftover"] == 0  # changed just now: an upload in flight
         Store(store_root, "md5").open()
-        assert list((store_root / "staging").iterdir()) == []
+        assert staged(store_root) == []
         assert check(store_root).clean
     finally:
         # pytest removes old temporary folders with shutil.rmtree, which recurses too deep.

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import pytest
 from conftest import LiveServer
-from helpers import files_under, md5
+from helpers import files_under, md5, staged
 
 from bucketdav.store.blobs import Store
 from bucketdav.store.check import check_store
@@ -86,7 +86,7 @@ def assert_sound(server: LiveServer) -> None:
     """The restarted store checks clean with every blob hashed, and staging/ is empty."""
     report = check_store(server.root, "md5", full=True)
     assert unexpected(report) == {}, report.examples
-    assert list((server.root / "staging").iterdir()) == []
+    assert staged(server.root) == []
 
 
 def assert_cli_check_clean(server: LiveServer) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import LiveServer, require_tool
-from helpers import files_under, md5, tar_gz
+from helpers import files_under, md5, staged, tar_gz
 
 from bucketdav.store.blobs import Store
 from bucketdav.store.check import check_store
@@ -174,7 +174,7 @@ def test_deploy_copy_past_the_link_limit_is_refused_below_the_watermark(
     refused = client.put("/upload/big.bin", b"", headers=headers, status=507).json
     assert "replica/team/nightly/" in refused["error"]
     assert files_under(store_root / "replica") == []
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
 
 
 def start_body(server: LiveServer, name: str, length: int) -> socket.socket:
@@ -204,7 +204,7 @@ def slot_held(live_server_factory: Callable[..., LiveServer]) -> Iterator[LiveSe
     sender = threading.Thread(target=keep_sending)
     sender.start()
     deadline = time.monotonic() + 10
-    while not any(p.name.startswith("up-") for p in (server.root / "staging").iterdir()):
+    while not any(p.name.startswith("up-") for p in staged(server.root)):
         assert time.monotonic() < deadline, "the holding upload never started"
         time.sleep(0.02)
     try:

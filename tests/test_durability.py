@@ -39,7 +39,7 @@ class Recorder:
         self.paths: dict[int, str] = {}
 
     def name(self, path: Any, dir_fd: int | None = None) -> str:
-        """`path` relative to the store, with the random part of staging names as `*`."""
+        """`path` relative to the store; staging/<node>/up-… as staging/up-*."""
         text = os.fsdecode(path)
         if dir_fd is not None and not os.path.isabs(text):
             text = os.path.join(self.paths.get(dir_fd, "?"), text)
@@ -48,7 +48,7 @@ class Recorder:
             return "."
         if text.startswith(self.root + os.sep):
             text = text[len(self.root) + 1 :]
-        return re.sub(r"^(staging/[a-z]+-)[^/]+", r"\1*", text)
+        return re.sub(r"^staging/[^/]+/([a-z]+-)[^/]+", r"staging/\1*", text)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Wrap os.open/fsync/link/rename/replace/symlink/mkdir and tree.syncfs."""

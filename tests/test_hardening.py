@@ -10,7 +10,7 @@ import socket
 import tarfile
 
 import pytest
-from helpers import MD5_COLLISION_A, MD5_COLLISION_B, files_under, md5, multipart_body
+from helpers import MD5_COLLISION_A, MD5_COLLISION_B, files_under, md5, multipart_body, staged
 
 from bucketdav.store.files import remove_tree
 
@@ -190,7 +190,7 @@ def test_hardening_every_api_error_has_the_one_json_shape(make_client, store_roo
     assert body["status"] == response.status.split(" ", 1)[1]
     assert body["error"] and "Traceback" not in body["error"]
     assert_security_headers(response)
-    assert list((store_root / "staging").iterdir()) == []
+    assert staged(store_root) == []
     assert list((tmp_path / "outside").iterdir()) == []
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import LiveServer
-from helpers import files_under, multipart_body
+from helpers import files_under, multipart_body, staged
 
 from bucketdav.store.check import check_store
 
@@ -42,7 +42,7 @@ def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 
 def staging_and_blobs_empty(server: LiveServer) -> bool:
-    return not list((server.root / "staging").iterdir()) and not files_under(server.root / "blob")
+    return not staged(server.root) and not files_under(server.root / "blob")
 
 
 def test_slow_clients_do_not_stop_healthz(live_server):
@@ -181,7 +181,7 @@ def test_client_gone_mid_upload_leaves_nothing(live_server, kind):
                 b"PUT /upload/gone.bin HTTP/1.1\r\nHost: t\r\nContent-Length: 500000\r\n\r\n"
             )
             sock.sendall(b"l" * 300_000)
-        assert wait_until(lambda: list((server.root / "staging").iterdir()))
+        assert wait_until(lambda: staged(server.root))
     assert wait_until(lambda: staging_and_blobs_empty(server))
     assert check_store(server.root, "md5", full=True).clean
     assert server.request("GET", "/healthz").status == 200

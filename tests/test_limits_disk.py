@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import IN_CI, LiveServer, Response
-from helpers import files_under, md5
+from helpers import files_under, md5, staged
 
 from bucketdav.store.check import check_store
 
@@ -85,7 +85,7 @@ def fill(server: LiveServer, size: int, *, chunked: bool) -> tuple[list[str], di
 
 def assert_nothing_partial(server: LiveServer, stored: list[str]) -> None:
     """staging/ is empty and every blob, and each upload that was answered 200, is whole."""
-    assert [p.name for p in (server.root / "staging").iterdir()] == []
+    assert [p.name for p in staged(server.root)] == []
     report = check_store(server.root, "md5", full=True)
     assert report.clean, report.examples
     assert sorted(p.name for p in files_under(server.root / "blob")) == sorted(set(stored))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool
-from helpers import assert_blobs_sound, files_under, md5, multipart_body
+from helpers import assert_blobs_sound, files_under, md5, multipart_body, own_staging, staged
 
 
 def wait_until(predicate, *, timeout=10.0, interval=0.05):
@@ -68,7 +68,7 @@ def test_live_chunked_body_over_limit_is_413_and_keeps_nothing(live_server_facto
     resp = conn.getresponse()
     assert resp.status == 413
     assert b"100kb" in resp.read()
-    assert wait_until(lambda: not list((server.root / "staging").iterdir()))
+    assert wait_until(lambda: not staged(server.root))
     assert files_under(server.root / "blob") == []
 
 
@@ -87,15 +87,15 @@ def test_live_multipart_over_limit_is_413(live_server_factory):
     resp = server.request("POST", "/upload", body=body, headers={"Content-Type": ctype})
     assert resp.status == 413
     assert resp.json()["code"] == 413
-    assert wait_until(lambda: not list((server.root / "staging").iterdir()))
+    assert wait_until(lambda: not staged(server.root))
 
 
 def test_live_aborted_upload_leaves_nothing(live_server):
     with socket.create_connection((live_server.host, live_server.port), timeout=10) as sock:
         sock.sendall(b"PUT /upload/partial HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
         sock.sendall(b"z" * 300_000)
-        assert wait_until(lambda: any((live_server.root / "staging").iterdir()))
-    assert wait_until(lambda: not list((live_server.root / "staging").iterdir()))
+        assert wait_until(lambda: any(staged(live_server.root)))
+    assert wait_until(lambda: not staged(live_server.root))
     assert files_under(live_server.root / "blob") == []
     assert live_server.request("GET", "/healthz").status == 200
 
@@ -111,7 +111,7 @@ def test_live_concurrent_identical_uploads_make_one_blob(live_server):
     assert statuses == [200] * 30
     blobs = files_under(live_server.root / "blob")
     assert [b.name for b in blobs] == [md5(data)]
-    assert list((live_server.root / "staging").iterdir()) == []
+    assert staged(live_server.root) == []
     assert_blobs_sound(live_server.root)
 
 
@@ -129,10 +129,10 @@ def test_live_restart_keeps_store_and_clears_staging(live_server_factory, tmp_pa
     server = live_server_factory(root=root)
     assert server.upload("keep.txt", b"keep me").status == 200
     server.stop()
-    (root / "staging" / "up-leftover").write_bytes(b"half")
+    (own_staging(root) / "up-leftover").write_bytes(b"half")
     again = live_server_factory(root=root)
     assert again.request("GET", "/checksum/" + md5(b"keep me")).status == 200
-    assert list((root / "staging").iterdir()) == []
+    assert staged(root) == []
 
 
 @pytest.mark.parametrize("size", [0, 1, 65536, 3 * 1024 * 1024 + 7])

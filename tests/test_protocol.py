@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LiveServer
-from helpers import files_under, md5, multipart_body
+from helpers import files_under, md5, multipart_body, staged
 
 from bucketdav.uploads.receive import chunk_size
 
@@ -82,7 +82,7 @@ def assert_one_closing_answer(data: bytes, status: int) -> dict[str, str]:
 
 def nothing_stored(server: LiveServer) -> bool:
     """No blob, nothing in staging/."""
-    return not files_under(server.root / "blob") and not list((server.root / "staging").iterdir())
+    return not files_under(server.root / "blob") and not staged(server.root)
 
 
 def wait_until(predicate: Callable[[], object], *, timeout: float = 10.0) -> object:
@@ -198,7 +198,7 @@ def test_busy_refusal_ends_the_connection(live_server_factory):
         sender = threading.Thread(target=keep_sending)
         sender.start()
         try:
-            assert wait_until(lambda: list((server.root / "staging").iterdir()))
+            assert wait_until(lambda: staged(server.root))
             request = head("PUT /upload/x.bin HTTP/1.1", "Content-Length: 300000") + BIG
             data = exchange(server, request + HEALTHZ)
         finally:

@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import threading
+import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -32,6 +33,10 @@ LOOKUP_CACHE_BYTES = 8 << 20
 # What one remembered lookup holds besides its two paths: the node, its numbers, a dict slot.
 _ENTRY_OVERHEAD = 400
 _HASH_BLOCK = 1 << 20
+# Pauses before looking a path through a `latest` link up again when it was missing: on a
+# shared file system (JuiceFS) a reader can see ENOENT while another node renames a new
+# `latest` over the old one, which is never missing on a local disk. 155 ms in all.
+LATEST_RETRY_PAUSES = (0.005, 0.01, 0.02, 0.04, 0.08)
 # Content a browser would run or render as a document of this origin.
 # Control characters XML cannot carry, and the surrogates os.fsdecode makes of non-UTF-8 bytes.
 _NONE: frozenset[str] = frozenset()
@@ -172,7 +177,7 @@ class PublicTree:
                 return None
             node = self.files.get("/" + "/".join(parts))
             if node is None:
-                return self._remember(self._walk(parts))
+                return self._remember(self._walk_latest(parts))
         if recheck and not _unchanged(node):
             self.forget(node)
             return self._remember(self._walk(split_path(node.path) or []))
@@ -197,6 +202,17 @@ class PublicTree:
                 self._held = 0
             self.files[node.path] = node
             self._held += cost
+        return node
+
+    def _walk_latest(self, parts: list[str]) -> Node | None:
+        """_walk, looking a path through a `latest` link up again briefly while it is missing."""
+        node = self._walk(parts)
+        if node is None and _through_latest(parts):
+            for pause in LATEST_RETRY_PAUSES:
+                time.sleep(pause)
+                node = self._walk(parts)
+                if node is not None:
+                    break
         return node
 
     def _walk(self, parts: list[str]) -> Node | None:
@@ -258,9 +274,8 @@ class PublicTree:
             for name in names:
                 if checked and not _printable(name):
                     continue
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except OSError:
+                st = _lstat_listed(fd, name)
+                if st is None:
                     continue
                 mode = st.st_mode
                 if S_ISREG(mode):
@@ -357,6 +372,26 @@ def _lstat_member(folder: str, name: str) -> tuple[str, os.stat_result] | None:
             return None
     except (OSError, ValueError):
         return None
+
+
+def _through_latest(parts: list[str]) -> bool:
+    """True for a replica path with a `latest` link on the way (`….latest…`)."""
+    return len(parts) > 1 and parts[0] == "replica" and any(".latest" in p for p in parts[1:])
+
+
+def _lstat_listed(fd: int, name: str) -> os.stat_result | None:
+    """The lstat of a listed member; a `latest` link being replaced is waited for briefly."""
+    pauses = iter(LATEST_RETRY_PAUSES if ".latest" in name else ())
+    while True:
+        try:
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pause = next(pauses, None)
+            if pause is None:
+                return None
+            time.sleep(pause)
+        except OSError:
+            return None
 
 
 def count_members(real: str, limit: int) -> int | None:

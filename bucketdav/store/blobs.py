@@ -9,18 +9,20 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bucketdav.errors import ChecksumCollision, StoreFull
-from bucketdav.settings import FreeSpace
+from bucketdav.settings import FreeSpace, parse_node
 from bucketdav.store.files import (
     COPY_CHUNK,
     disk_full_as_store_full,
     fsync_dir,
     fsync_up,
+    newest_mtime,
     remove_quietly,
     same_bytes,
 )
@@ -55,6 +57,8 @@ STRONG_ALGORITHMS = frozenset(
 # Inodes an upload may need (staging file, fan-out folders, replica names); with fewer free,
 # uploads are refused and /healthz fails, as below the byte watermark.
 MIN_FREE_INODES = 32
+# Seconds another node's staging entry must be untouched before this node's start-up removes it.
+LEFTOVER_AGE = 24 * 3600
 
 
 class StoreError(Exception):
@@ -74,12 +78,22 @@ class Blob:
 class Store:
     """The store below one ARCHIVE_DIR: every write goes to staging/ first, then is linked in."""
 
-    def __init__(self, root: Path, algorithm: str, *, min_free: FreeSpace | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        algorithm: str,
+        *,
+        min_free: FreeSpace | None = None,
+        node: str | None = None,
+    ) -> None:
         self.root = Path(os.path.abspath(root))
         self.algorithm = algorithm
         self.digest_size = hashlib.new(algorithm).digest_size
         self.min_free = min_free or FreeSpace()
-        self.staging = self.root / "staging"
+        # Several servers may share the store: each writes only in its own staging/<node>/.
+        self.node = node or parse_node("")
+        self.staging_root = self.root / "staging"
+        self.staging = self.staging_root / self.node
         self.blobs = self.root / "blob"
         self.trees = self.root / "explode"
         self.replicas = self.root / "replica"
@@ -89,40 +103,76 @@ class Store:
     # -- start-up ----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the layout, empty staging/, and check the store is one writable file system."""
+        """Create the layout, clear staging leftovers, check it is one writable file system."""
+        parts = (
+            self.staging_root,
+            self.staging,
+            self.blobs,
+            self.trees,
+            self.replicas,
+            self.notes,
+        )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for path in (self.staging, self.blobs, self.trees, self.replicas, self.notes):
+            for path in parts:
                 path.mkdir(exist_ok=True)
             # Every answer relies on these entries; later flushes stop at blob/, explode/, ...
             fsync_dir(self.root)
+            fsync_dir(self.staging_root)
         except OSError as exc:
             raise StoreError(f"ARCHIVE_DIR={self.root}: cannot create the store: {exc}") from None
         if not os.access(self.root, os.W_OK | os.X_OK) or not self.writable():
             raise StoreError(f"ARCHIVE_DIR={self.root}: not writable by this user")
-        devices = {
-            p.name: p.stat().st_dev for p in (self.staging, self.blobs, self.trees, self.replicas)
-        }
-        if len(set(devices.values())) > 1:
+        # Staged files are linked and renamed into every other part: one file system, or
+        # uploads fail one by one (EXDEV) instead of the start-up.
+        home = self.staging.stat().st_dev
+        apart = [f"{self.relative(p)}/" for p in parts if p.stat().st_dev != home]
+        if apart:
             raise StoreError(
-                f"ARCHIVE_DIR={self.root}: staging, blob, explode and replica must be on one "
-                f"file system (hard links), but are on {len(set(devices.values()))}"
+                f"ARCHIVE_DIR={self.root}: staging, blob, explode, replica and decompressed "
+                f"must be on one file system (hard links), but {', '.join(apart)} "
+                f"{'is' if len(apart) == 1 else 'are'} not on the one of "
+                f"{self.relative(self.staging)}/"
             )
         self.clear_staging()
 
-    def clear_staging(self) -> int:
-        """Remove whatever an earlier run left in staging/; returns how many entries went."""
-        count = 0
+    def clear_staging(self, *, now: float | None = None) -> int:
+        """Remove this node's staging leftovers and other nodes' untouched for a day.
+
+        Another node's entries may be uploads it is receiving right now; only once nothing
+        in one has changed for LEFTOVER_AGE is it a leftover of a node that died or left.
+        Entries directly in staging/ (an earlier layout) count as another node's. Returns
+        how many entries went.
+        """
+        now = time.time() if now is None else now
+        own = 0
         for entry in os.scandir(self.staging):
-            count += 1
-            if entry.is_dir(follow_symlinks=False):
-                remove_quietly(entry.path)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-        if count:
-            log.info("cleared %d leftover entries from staging/", count)
-        return count
+            own += 1
+            _remove_entry(entry)
+        others = 0
+        for top in os.scandir(self.staging_root):
+            if top.name == self.node:
+                continue
+            entries = [top]
+            if top.is_dir(follow_symlinks=False):
+                try:
+                    entries = list(os.scandir(top.path))
+                except OSError:
+                    continue
+            for entry in entries:
+                newest = newest_mtime(entry.path)
+                if newest is not None and now - newest > LEFTOVER_AGE:
+                    others += 1
+                    _remove_entry(entry)
+        if own or others:
+            log.info(
+                "cleared %d leftover entries from staging/%s/ and %d of other nodes "
+                "untouched for a day",
+                own,
+                self.node,
+                others,
+            )
+        return own + others
 
     # -- health and space --------------------------------------------------------------
 
@@ -350,6 +400,15 @@ class Store:
         finally:
             if path.exists():
                 remove_quietly(path)
+
+
+def _remove_entry(entry: os.DirEntry[str]) -> None:
+    """Remove one staging entry, a file or a whole tree; gone already is fine."""
+    if entry.is_dir(follow_symlinks=False):
+        remove_quietly(entry.path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
 
 
 def _link_flushed(staged: StagedFile, dest: Path) -> bool:

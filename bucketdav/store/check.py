@@ -3,7 +3,8 @@
 Safe to run while the server serves: explode/ and replica/ are walked before blob/ (a file
 there was linked from a blob that existed first, so its inode is found), replica folders are
 read under the same folder lock the server takes to claim names and swap `latest`, and
-staging/ entries count as leftovers only once nothing in them changed for an hour.
+entries of every node's staging/<node>/ count as leftovers only once nothing in them changed
+for an hour.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TextIO
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import PUBLIC_TREES, Store
 from bucketdav.store.entries import Series
-from bucketdav.store.files import remove_tree, same_bytes
+from bucketdav.store.files import newest_mtime, remove_tree, same_bytes
 from bucketdav.store.findings import (
     SAMPLE_SIZE,
     STAGING_GRACE,
@@ -104,23 +105,31 @@ class Checker:
     # -- staging --
 
     def _walk_staging(self) -> None:
+        """Each node's entries in staging/<node>/ (and any left directly in staging/)."""
         staging = os.path.join(self.root, "staging")
         now = time.time()
         fresh = 0
-        for entry in _scandir(staging):
-            self.report.scanned["staging entries"] += 1
-            newest = _newest_mtime(entry.path)
-            if newest is None:
-                continue  # an upload finished and removed it meanwhile
-            if not staging_is_leftover(newest, now, self.grace):
-                fresh += 1
-                continue
-            self.report.problem(
-                "leftover", self.rel(entry.path), f"unchanged in staging/ for over {self.grace:g}s"
-            )
-            if self.repair:
-                _remove(entry.path)
-                self.report.fixed("leftover", f"removed {self.rel(entry.path)}")
+        for top in _scandir(staging):
+            entries = [top]
+            if top.is_dir(follow_symlinks=False):
+                self.report.scanned["staging folders of nodes"] += 1
+                entries = _scandir(top.path)
+            for entry in entries:
+                self.report.scanned["staging entries"] += 1
+                newest = newest_mtime(entry.path)
+                if newest is None:
+                    continue  # an upload finished and removed it meanwhile
+                if not staging_is_leftover(newest, now, self.grace):
+                    fresh += 1
+                    continue
+                self.report.problem(
+                    "leftover",
+                    self.rel(entry.path),
+                    f"unchanged in staging/ for over {self.grace:g}s",
+                )
+                if self.repair:
+                    _remove(entry.path)
+                    self.report.fixed("leftover", f"removed {self.rel(entry.path)}")
         if fresh:
             self.report.notes.append(
                 f"{fresh} entries in staging/ changed within {self.grace:g}s: "
@@ -223,8 +232,10 @@ class Checker:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=fd)
                 return True
-            # Made in staging/ so that a crash leaves nothing behind that start-up does not clear.
-            temp = os.path.join(self.root, "staging", f"check-latest-{uuid.uuid4().hex}")
+            # Made in this node's staging/ so that a crash leaves nothing behind that its
+            # start-up does not clear.
+            self.store.staging.mkdir(exist_ok=True)
+            temp = os.path.join(self.store.staging, f"check-latest-{uuid.uuid4().hex}")
             os.symlink(newest, temp)
             os.replace(temp, name, dst_dir_fd=fd)
             os.fsync(fd)
@@ -392,9 +403,10 @@ def check_store(
     repair: bool = False,
     sample: int = SAMPLE_SIZE,
     grace: float = STAGING_GRACE,
+    node: str | None = None,
 ) -> Report:
     """Check the store at `root` (never creating or clearing anything unless `repair`)."""
-    store = Store(root, algorithm)
+    store = Store(root, algorithm, node=node)
     if not store.root.is_dir():
         raise FileNotFoundError(f"ARCHIVE_DIR={store.root} is not a directory")
     return Checker(store, full=full, repair=repair, sample=sample, grace=grace).run()
@@ -424,24 +436,6 @@ def _flock(fd: int, how: int) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _newest_mtime(path: str) -> float | None:
-    """The newest modification time of `path` and anything below it; None once it is gone."""
-    try:
-        top = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    newest = top.st_mtime
-    pending = [path] if stat.S_ISDIR(top.st_mode) else []
-    while pending:
-        for entry in _scandir(pending.pop()):
-            with contextlib.suppress(OSError):
-                st = entry.stat(follow_symlinks=False)
-                newest = max(newest, st.st_mtime)
-                if stat.S_ISDIR(st.st_mode):
-                    pending.append(entry.path)
-    return newest
-
-
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         remove_tree(path)
@@ -462,7 +456,13 @@ def run_check(settings: Settings, *, full: bool, repair: bool, out: TextIO | Non
     """The `bucketdav check` command: print the report; 0 when clean, 1 when not, 2 on error."""
     out = out or sys.stdout
     try:
-        report = check_store(settings.archive_dir, settings.checksum_type, full=full, repair=repair)
+        report = check_store(
+            settings.archive_dir,
+            settings.checksum_type,
+            full=full,
+            repair=repair,
+            node=settings.node,
+        )
     except OSError as exc:
         print(f"bucketdav: {exc}", file=sys.stderr)
         return 2

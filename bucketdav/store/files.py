@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,32 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return False
             if not ca:
                 return True
+
+
+def newest_mtime(path: str | Path) -> float | None:
+    """The newest modification time of `path` and anything below it; None once it is gone.
+
+    What tells a staging entry in use (an upload writing it, a tree being built) from one
+    left by a process that died: nothing in a leftover changes any more.
+    """
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    newest = top.st_mtime
+    pending = [os.fspath(path)] if stat.S_ISDIR(top.st_mode) else []
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                newest = max(newest, st.st_mtime)
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(entry.path)
+    return newest
 
 
 def remove_quietly(path: str | Path) -> None:
