@@ -7,7 +7,7 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +16,7 @@ import bottle
 from multipart import parse_options_header
 
 from bucketdav import pages
+from bucketdav.access.decide import ACCESS_KEY, Decision, decide
 from bucketdav.errors import (
     BadRequest,
     BucketError,
@@ -24,7 +25,9 @@ from bucketdav.errors import (
     ChecksumMismatch,
     ClientGone,
     LengthRequired,
+    NotAllowed,
     NotMultipart,
+    NotSignedIn,
     StoreFull,
     TooLarge,
     TooSlow,
@@ -47,6 +50,7 @@ from bucketdav.uploads.receive import (
     utf8_name,
     verify_checksums,
 )
+from bucketdav.uploads.templates import Template, TemplateSkipped, render_template
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 STATUS_OF: dict[type[BucketError], int] = {
     BadRequest: 400,
     ClientGone: 400,
+    NotSignedIn: 401,
+    NotAllowed: 403,
     TooSlow: 408,
     UnknownContent: 404,
     ChecksumCollision: 409,
@@ -67,6 +73,8 @@ STATUS_OF: dict[type[BucketError], int] = {
     Busy: 503,
     StoreFull: 507,
 }
+# What a 401 answers: browsers then ask for a name and password.
+CHALLENGE = 'Basic realm="bucketdav"'
 # The environ key under which a refusal's reason reaches the access-log line (server.py).
 LOG_REASON = "bucketdav.reason"
 INTERNAL_ERROR = "internal error; the server log has the details"
@@ -136,7 +144,10 @@ class Api:
     def connect(self) -> str:
         bottle.response.content_type = "text/html; charset=utf-8"
         bottle.response.set_header("Content-Security-Policy", PAGE_CSP)
-        return pages.connect_page(_base_url(self.settings))
+        identity = bottle.request.environ.get(ACCESS_KEY)
+        # With access control the commands pass credentials, with this user's name if known.
+        user = None if identity is None else identity.name if identity.known else ""
+        return pages.connect_page(_base_url(self.settings), user=user)
 
     def static(self, name: str) -> Any:
         response = bottle.static_file(name, root=str(STATIC_DIR))
@@ -191,10 +202,11 @@ class Api:
         boundary = options.get("boundary")
         if not boundary:
             raise BadRequest("multipart/form-data without a boundary")
+        headers = _headers()
+        self._may_file(headers)
         length = declared_length(environ)
         limit = self.settings.max_content_length
         self._refuse_early(length, limit + MULTIPART_SLACK)
-        headers = _headers()
         expected = expected_checksums(headers, self.store.algorithm)
         with (
             self._slot(),
@@ -216,6 +228,7 @@ class Api:
         # Bottle drops bytes of the path that are not UTF-8; take the name from the raw path.
         name = utf8_name(environ.get("bottle.raw_path", "").partition("/upload")[2].lstrip("/"))
         headers = _headers()
+        self._may_file(headers)
         length = declared_length(environ)
         deploy = headers.get("x-checksum-deploy", "").strip().lower() == "true"
         if deploy and length == 0:
@@ -284,6 +297,20 @@ class Api:
             )
         )
 
+    def _may_file(self, headers: dict[str, str]) -> None:
+        """Refuse, before the body is read, an upload filing a replica where it may not."""
+        identity = bottle.request.environ.get(ACCESS_KEY)
+        if identity is None:
+            return
+        folders = replica_folders(self.settings.replicate, headers)
+        decision = decide(identity, bottle.request.method, "/upload", folders)
+        if decision is Decision.ALLOW:
+            return
+        outside = ", ".join(f"replica/{folder}/" for folder in folders)
+        if decision is Decision.UNAUTHORIZED:
+            raise NotSignedIn(f"filing under {outside} needs credentials")
+        raise NotAllowed(f"{identity.name} may not file uploads under {outside}")
+
     def _refuse_early(self, length: int | None, limit: int) -> None:
         if length is not None and length > limit:
             raise TooLarge(
@@ -309,6 +336,17 @@ class _Slot:
 
     def __exit__(self, *exc: object) -> None:
         self.semaphore.release()
+
+
+def replica_folders(templates: Sequence[Template], headers: dict[str, str]) -> list[str]:
+    """The folders under replica/ an upload with these headers would be filed in."""
+    folders = []
+    for template in templates:
+        try:
+            folders.append("/".join(render_template(template, headers)))
+        except TemplateSkipped:
+            continue
+    return folders
 
 
 def _extra_algorithms(expected: list[tuple[str, str, str]], store: Store) -> set[str]:
@@ -372,6 +410,8 @@ def _error_response(code: int, message: str, *, retry: bool = False) -> bottle.H
         headers["Connection"] = "close"
     if retry:
         headers["Retry-After"] = str(Busy.retry_after)
+    if code == 401:
+        headers["WWW-Authenticate"] = CHALLENGE
     return bottle.HTTPResponse(body=error_json(code, message), status=code, headers=headers)
 
 

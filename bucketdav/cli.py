@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from bucketdav import __version__
+from bucketdav.access import commands as access_commands
 from bucketdav.client import command as push_command
 from bucketdav.settings import SettingError, Settings, load_settings, parse_env_file
 from bucketdav.store.blobs import StoreError
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
     check.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
     check.set_defaults(host=None, port=None)
+    access_commands.add_arguments(
+        commands.add_parser("token", help="make a token: the secret once, the access-file lines"),
+        commands.add_parser("passwd", help="hash a password into access-file lines"),
+    )
     push = commands.add_parser("push", help="send files and folders to a server")
     push_command.add_arguments(push)
     return parser
@@ -156,6 +161,12 @@ def setup_logging() -> BatchingHandler:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return access_commands.run_token(args, stdout=sys.stdout, stderr=sys.stderr)
+    if args.command == "passwd":
+        return access_commands.run_passwd(
+            args, stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr
+        )
     if args.command == "push":
         # A client: no server settings, no log handler; it speaks on stdout and stderr.
         return push_command.run(args, os.environ, stdout=sys.stdout, stderr=sys.stderr)

@@ -59,3 +59,11 @@ class ClientGone(BucketError):
 
 class TooSlow(ClientGone):
     """The client sends its body too slowly to finish; the connection is closed."""
+
+
+class NotSignedIn(BucketError):
+    """Credentials are needed for this and none came with the request."""
+
+
+class NotAllowed(BucketError):
+    """The identity may not do this: read there, upload, or file a replica there."""

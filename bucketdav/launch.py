@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)/")
+LISTENING = re.compile(r"listening on https?://([\d.]+):(\d+)/")
 # Settings a caller's environment may hold that would change the server under test.
 _SETTING_PREFIXES = ("BUCKETDAV_", "ARCHIVE_", "REPLICATE_", "CHECKSUM_TYPE", "MAX_CONTENT_LENGTH")
 

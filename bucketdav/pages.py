@@ -17,6 +17,8 @@ from bucketdav.settings import Settings, format_size
 # Anything else (quotes, spaces, `$`) could turn a copied command into another command.
 _SAFE_BASE = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 FALLBACK_BASE = "http://bucketdav.example:8080"
+# A user name the Connect page will put into shell commands as it is; others show as USER.
+_SAFE_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 
 
 def _head(title: str, *scripts: str) -> str:
@@ -112,8 +114,13 @@ def safe_base_url(base_url: str) -> str:
     return base if _SAFE_BASE.fullmatch(base) else FALLBACK_BASE
 
 
-def recipes(base_url: str) -> list[Recipe]:
-    """The mount and copy commands for a server reached at `base_url`."""
+def recipes(base_url: str, *, user: str | None = None) -> list[Recipe]:
+    """The mount and copy commands for a server reached at `base_url`.
+
+    With `user` (access control on; "" when not signed in) the commands pass credentials.
+    """
+    if user is not None:
+        return _signed_in(base_url, user if _SAFE_USER.fullmatch(user) else "USER")
     base = safe_base_url(base_url)
     url = base + "/"
     parts = urlsplit(base)
@@ -182,10 +189,89 @@ def recipes(base_url: str) -> list[Recipe]:
     ]
 
 
-def connect_page(base_url: str) -> str:
-    """The Connect page: exact mount commands for this server's address, each with a copy button."""
+def _signed_in(base_url: str, user: str) -> list[Recipe]:
+    """The recipes with credentials: USER and PASSWORD (a password, or a token) to fill in."""
+    open_recipes = {recipe.key: recipe for recipe in recipes(base_url)}
+    base = safe_base_url(base_url)
+    url = base + "/"
+    tls = (
+        " With a private CA or a self-signed certificate, add "
+        "<code>trust_server_cert /path/to/cert.pem</code> to the configuration."
+        if base.startswith("https:")
+        else ""
+    )
+    rclone_tls = (
+        " With a private CA or a self-signed certificate, add <code>--ca-cert cert.pem</code>."
+        if base.startswith("https:")
+        else ""
+    )
+    login = f"--webdav-user {user} --webdav-pass \"$(rclone obscure 'PASSWORD')\""
+    return [
+        Recipe(
+            "davfs2",
+            "Linux: davfs2",
+            "Mount the store read-only, as root (<code>sudo -i</code> first), with the "
+            "password (or a token) in davfs2's <code>secrets</code> file; "
+            "<code>umount /mnt/bucket</code> leaves.",
+            (
+                "mkdir -p /mnt/bucket",
+                "printf 'ask_auth 0\\nuse_locks 0\\nbuf_size 64\\n' > /etc/davfs2/bucketdav.conf",
+                f"echo '/mnt/bucket {user} PASSWORD' >> /etc/davfs2/secrets",
+                f"mount -t davfs -o ro,conf=/etc/davfs2/bucketdav.conf {url} /mnt/bucket",
+            ),
+            "<code>/etc/davfs2/secrets</code> must stay readable by root only (mode 600); a "
+            "password with spaces or quotes goes in double quotes, with <code>\\</code> before "
+            '<code>"</code> and <code>\\</code>. <code>buf_size 64</code> is needed on Linux '
+            "6.16 and newer." + tls,
+        ),
+        Recipe(
+            "rclone",
+            "Linux, macOS, Windows: rclone",
+            "Mount without root (<code>rclone mount</code> runs until Ctrl-C), or copy a folder "
+            "out of the store. rclone takes the password (or a token) only as "
+            "<code>rclone obscure</code> writes it.",
+            (
+                "mkdir -p ~/bucket",
+                f"rclone mount \":webdav,url='{url}':\" ~/bucket --read-only {login}",
+                f"rclone copy \":webdav,url='{url}':replica\" ./replica {login}",
+            ),
+            open_recipes["rclone"].note + rclone_tls,
+        ),
+        Recipe(
+            "windows",
+            open_recipes["windows"].title,
+            open_recipes["windows"].steps
+            + " Explorer asks for the name and password, and sends them only over HTTPS.",
+            open_recipes["windows"].commands,
+            open_recipes["windows"].note,
+        ),
+        Recipe(
+            "macos",
+            "macOS Finder",
+            "In Finder choose <em>Go</em> → <em>Connect to Server…</em> (⌘K), enter the address, "
+            "choose <em>Connect</em> and sign in as a <em>Registered User</em>.",
+            (url,),
+        ),
+        Recipe(
+            "curl",
+            "Upload from a script: curl",
+            "Send a file, or a folder as one tar that the server unpacks: with a name and "
+            "password, or a token as the password (any name) or as a Bearer token.",
+            (
+                f"curl -u {user} -T results.xml {url}upload/",
+                f'tar c build | curl -H "Authorization: Bearer $TOKEN" -T - {url}upload/build.tar',
+            ),
+        ),
+    ]
+
+
+def connect_page(base_url: str, *, user: str | None = None) -> str:
+    """The Connect page: exact mount commands for this server's address, each with a copy button.
+
+    With `user` (access control on; "" when not signed in) the commands pass credentials.
+    """
     sections = []
-    for recipe in recipes(base_url):
+    for recipe in recipes(base_url, user=user):
         commands = "\n".join(
             f'<div class="cmd"><pre id="{recipe.key}-{n}"><code>{escape(cmd)}</code></pre>'
             f'<button type="button" class="copy" data-copy="{escape(cmd, quote=True)}" '

@@ -19,6 +19,8 @@ from typing import Any
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
+from bucketdav.access.middleware import guard_app
+from bucketdav.access.tls import exposure_warnings, handshake, tls_adapter
 from bucketdav.api import INTERNAL_ERROR, LOG_REASON, Api, error_json, is_api_path
 from bucketdav.dav.app import make_dav_app
 from bucketdav.settings import Settings
@@ -61,7 +63,8 @@ def make_app(settings: Settings, store: Store) -> WsgiApp:
         target = api if is_api_path(environ.get("PATH_INFO", "")) else dav
         return target(environ, start_response)
 
-    return with_headers_and_log(dispatch)
+    app = dispatch if settings.access_file is None else guard_app(dispatch, settings)
+    return with_headers_and_log(app)
 
 
 def with_headers_and_log(app: WsgiApp) -> WsgiApp:
@@ -370,6 +373,7 @@ def _connection_class(watch: HeadWatch) -> type[cheroot_server.HTTPConnection]:
     class Connection(cheroot_server.HTTPConnection):
         RequestHandlerClass = Request
         linger_on_close = False
+        shaken = False
 
         def close(self) -> None:
             if self.linger_on_close:
@@ -380,6 +384,12 @@ def _connection_class(watch: HeadWatch) -> type[cheroot_server.HTTPConnection]:
             # A client that sends its next request at once is served by the same thread:
             # handing the connection to Cheroot's selector and back to a worker costs two
             # thread switches per request, the larger part of a small GET.
+            if not self.shaken:
+                # TLS shakes hands here, not in the accepting thread, within the head's time.
+                self.shaken = True
+                with watch.watching(self.socket):
+                    if not handshake(self.socket):
+                        return False
             while super().communicate():
                 if not (self.server.ready and _next_request_soon(self)):
                     return True
@@ -393,6 +403,10 @@ def _next_request_soon(conn: cheroot_server.HTTPConnection) -> bool:
 
     False at once while other connections wait for a worker: they go first.
     """
+    pending = getattr(conn.socket, "pending", None)
+    if pending is not None and pending():
+        # Decrypted TLS bytes wait in the socket object, where poll cannot see them.
+        return True
     if conn.server.requests.qsize:
         return False
     if conn.rfile.has_data():
@@ -416,6 +430,7 @@ def build_server(settings: Settings, store: Store) -> wsgi.Server:
     server.max_request_header_size = MAX_HEADER_BYTES
     server.ConnectionClass = _connection_class(HeadWatch(settings.timeout))
     server.gateway = _gateway_class(settings.timeout)
+    server.ssl_adapter = tls_adapter(settings)
     return server
 
 
@@ -464,13 +479,16 @@ def serve(settings: Settings) -> None:
         raise
     host, port = server.bind_addr[:2]
     log.info(
-        "bucketdav listening on http://%s:%d/ store %s (%s) node %s",
+        "bucketdav listening on %s://%s:%d/ store %s (%s) node %s",
+        "https" if server.ssl_adapter else "http",
         host,
         port,
         store.root,
         store.algorithm,
         store.node,
     )
+    for warning in exposure_warnings(settings):
+        log.warning("%s", warning)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:

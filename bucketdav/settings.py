@@ -108,6 +108,24 @@ def _optional(text: str) -> str | None:
     return text.strip() or None
 
 
+def _optional_path(text: str) -> Path | None:
+    return Path(text.strip()) if text.strip() else None
+
+
+_LOCKOUT_RE = re.compile(r"^\s*(\d+)\s*([smh]?)\s*$", re.IGNORECASE)
+
+
+def _lockout_seconds(text: str) -> float:
+    """`<int>` seconds or `<int>s|m|h`, from 1 second to a day."""
+    match = _LOCKOUT_RE.match(text)
+    if not match:
+        raise ValueError("expected <int> seconds or <int>s|m|h")
+    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2).lower()]
+    if not 1 <= seconds <= 86400:
+        raise ValueError("from 1 second to 24h")
+    return float(seconds)
+
+
 def parse_node(text: str) -> str:
     """This node's name (empty: the host name): letters, digits, `.`, `_`, `-`, one segment."""
     name = text.strip() or socket.gethostname()
@@ -227,6 +245,43 @@ SETTINGS: tuple[Setting, ...] = (
         "X-Forwarded-Host are believed; from anyone else they are ignored.",
     ),
     Setting(
+        "BUCKETDAV_ACCESS_FILE",
+        "access_file",
+        "",
+        _optional_path,
+        "TOML file of who may read, upload and see metrics (README: Who may do what); "
+        "unset, anyone may do anything.",
+    ),
+    Setting(
+        "BUCKETDAV_TLS_CERT",
+        "tls_cert",
+        "",
+        _optional_path,
+        "PEM certificate (chain) for HTTPS; with BUCKETDAV_TLS_KEY the port speaks HTTPS only.",
+    ),
+    Setting(
+        "BUCKETDAV_TLS_KEY",
+        "tls_key",
+        "",
+        _optional_path,
+        "PEM private key of BUCKETDAV_TLS_CERT.",
+    ),
+    Setting(
+        "BUCKETDAV_LOGIN_FAILURES",
+        "login_failures",
+        "10",
+        _positive_int,
+        "Failed sign-ins from one address within BUCKETDAV_LOGIN_LOCKOUT that lock it out.",
+    ),
+    Setting(
+        "BUCKETDAV_LOGIN_LOCKOUT",
+        "login_lockout",
+        "10m",
+        _lockout_seconds,
+        "Window for counting failed sign-ins, and how long a locked-out address gets 429 "
+        "(<int> seconds or <int>s|m|h).",
+    ),
+    Setting(
         "BUCKETDAV_NODE",
         "node",
         "",
@@ -255,6 +310,11 @@ class Settings:
     timeout: float
     public_url: str | None
     trusted_proxies: tuple[Network, ...]
+    access_file: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    login_failures: int
+    login_lockout: float
     node: str
     replicate: tuple[Template, ...] = field(default=())
 

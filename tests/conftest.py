@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import uuid
@@ -85,11 +86,13 @@ class LiveServer:
     host: str = "127.0.0.1"
     port: int = 0
     extra_args: list[str] = field(default_factory=list)
+    # The certificate to trust when the server speaks HTTPS (BUCKETDAV_TLS_CERT).
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
         """The base URL, with a trailing slash."""
-        return f"http://{self.host}:{self.port}/"
+        return f"{'https' if self.tls_ca else 'http'}://{self.host}:{self.port}/"
 
     def start(self, *, timeout: float = 20) -> LiveServer:
         """Start the process and wait until /healthz answers."""
@@ -134,7 +137,12 @@ class LiveServer:
         return text
 
     def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
-        """A new HTTP connection to the server."""
+        """A new HTTP connection to the server (HTTPS, trusting its certificate, with TLS)."""
+        if self.tls_ca is not None:
+            context = ssl.create_default_context(cafile=str(self.tls_ca))
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=timeout, context=context
+            )
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def request(
@@ -186,6 +194,7 @@ def live_server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
             log_path=tmp_path / f"server{index}.log",
             env=full_env,
             extra_args=list(args or []),
+            tls_ca=Path(env["BUCKETDAV_TLS_CERT"]) if env.get("BUCKETDAV_TLS_CERT") else None,
         )
         servers.append(server)
         return server.start()

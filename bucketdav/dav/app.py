@@ -13,6 +13,8 @@ from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
+from bucketdav.access.decide import ACCESS_KEY, may_read, sees
+from bucketdav.access.rules import Identity
 from bucketdav.api import PAGE_CSP, status_of
 from bucketdav.dav import listing
 from bucketdav.dav.get import serve_file
@@ -174,6 +176,12 @@ def member_counts(folders: Iterable[Node], budget: int) -> dict[str, int]:
     return counts
 
 
+def _only_on_the_way(environ: dict[str, Any], node: Node) -> bool:
+    """True for a file the identity may not read that its rights let through as a folder."""
+    identity = environ.get(ACCESS_KEY)
+    return identity is not None and not node.is_dir and not may_read(identity, node.path)
+
+
 def _replace_body(environ: dict[str, Any], body: bytes) -> None:
     """Hand WsgiDAV the body already read, as if it were still to be read."""
     environ["wsgi.input"] = io.BytesIO(body)
@@ -230,6 +238,8 @@ class DavApp:
                 return _plain(start_response, "404 Not Found", "not found\n")
             if node.is_dir:
                 return self._listing(environ, start_response, node, head=method == "HEAD")
+            if _only_on_the_way(environ, node):
+                return _plain(start_response, "403 Forbidden", "not readable with these rights\n")
             if self.fast:
                 return serve_file(self.tree, node, environ, start_response, head=method == "HEAD")
         _replace_body(environ, body)
@@ -281,11 +291,14 @@ class DavApp:
         node = self.tree.lookup(path)
         if node is None:
             return _plain(start_response, "404 Not Found", "not found\n")
+        if _only_on_the_way(environ, node):
+            return _plain(start_response, "403 Forbidden", "not readable with these rights\n")
+        identity = environ.get(ACCESS_KEY)
         # WsgiDAV 4.4 reads propname as "name" and answers it empty, so propname is ours too.
         # WsgiDAV builds its answer whole; only the comparison tests (fast off) send it
         # a PROPFIND, with the same caps on Depth and named properties.
-        if self.fast or request.mode == "propname":
-            nodes = self._listed(node) if depth == "1" and node.is_dir else [node]
+        if self.fast or request.mode == "propname" or identity is not None:
+            nodes = self._listed(node, identity) if depth == "1" and node.is_dir else [node]
             return _streamed(
                 start_response,
                 "207 Multi-Status",
@@ -296,10 +309,14 @@ class DavApp:
         environ["HTTP_DEPTH"] = depth
         return self.wsgidav(environ, start_response)
 
-    def _listed(self, node: Node) -> Iterator[Node]:
-        """A folder and then its members, as they are read."""
+    def _listed(self, node: Node, identity: Identity | None) -> Iterator[Node]:
+        """A folder and then its members, as they are read; only those the identity sees."""
         yield node
-        yield from self.tree.children(node)
+        if identity is None or may_read(identity, node.path):
+            yield from self.tree.children(node)
+        else:
+            # A folder on the way to what the identity may read: only the way is shown.
+            yield from (child for child in self.tree.children(node) if sees(identity, child.path))
 
     def _listing(
         self, environ: dict[str, Any], start_response: Callable[..., Any], node: Node, *, head: bool
@@ -311,7 +328,14 @@ class DavApp:
             )
         budget = [LISTING_HASH_BUDGET]
         children = list(self.tree.children(node))
-        counts = member_counts((child for child in children if child.is_dir), LISTING_COUNT_BUDGET)
+        identity = environ.get(ACCESS_KEY)
+        counted = children
+        if identity is not None and not may_read(identity, node.path):
+            # On the way to what the identity may read: only the way, and no counts that
+            # would tell how much else a folder holds.
+            children = [child for child in children if sees(identity, child.path)]
+            counted = [child for child in children if may_read(identity, child.path)]
+        counts = member_counts((child for child in counted if child.is_dir), LISTING_COUNT_BUDGET)
         entries = [
             listing.Entry(
                 name=child.name,
