@@ -16,24 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # Each mount asks the metadata engine on every look-up instead of trusting the kernel's cache
 # for a second: another node's `latest` swap is seen at once (see docs/deploy.md).
-MOUNT_OPTIONS = (
-    "--attr-cache",
-    "0",
-    "--entry-cache",
-    "0",
-    "--dir-entry-cache",
-    "0",
-    "--no-usage-report",
-    "--backup-meta",
-    "0",
-    "--no-syslog",
-)
+COHERENT = ("--attr-cache", "0", "--entry-cache", "0", "--dir-entry-cache", "0")
+_ALWAYS = ("--no-usage-report", "--backup-meta", "0", "--no-syslog")
 
 
 def find_juicefs() -> str | None:
@@ -137,11 +127,16 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def volume(work: Path, *, nodes: int = 2, timeout: float = 60) -> Iterator[Volume]:
-    """Start redis, format a volume, mount it `nodes` times below `work`; undo all at exit."""
+def volume(
+    work: Path, *, nodes: int = 2, options: Sequence[str] = COHERENT, timeout: float = 60
+) -> Iterator[Volume]:
+    """Start redis, format a volume, mount it `nodes` times below `work`; undo all at exit.
+
+    `options` are the mounts' cache options (the bench compares JuiceFS's defaults).
+    """
     vol = Volume(work)
     try:
-        _set_up(vol, nodes, timeout)
+        _set_up(vol, nodes, (*_ALWAYS, *options), timeout)
     except BaseException as exc:
         _tear_down(vol)
         if isinstance(exc, RuntimeError | subprocess.SubprocessError):
@@ -153,7 +148,7 @@ def volume(work: Path, *, nodes: int = 2, timeout: float = 60) -> Iterator[Volum
         _tear_down(vol)
 
 
-def _set_up(vol: Volume, nodes: int, timeout: float) -> None:
+def _set_up(vol: Volume, nodes: int, options: Sequence[str], timeout: float) -> None:
     juicefs = find_juicefs()
     if juicefs is None:
         raise RuntimeError("juicefs is not installed")
@@ -191,7 +186,7 @@ def _set_up(vol: Volume, nodes: int, timeout: float) -> None:
         with open(work / f"mount{index}.log", "ab") as log:
             proc = subprocess.Popen(
                 [
-                    *(juicefs, "mount", *MOUNT_OPTIONS, "--metrics", f"127.0.0.1:{_free_port()}"),
+                    *(juicefs, "mount", *options, "--metrics", f"127.0.0.1:{_free_port()}"),
                     *("--cache-dir", str(work / f"cache{index}"), vol.meta_url, str(mount)),
                 ],
                 stdout=log,
