@@ -63,23 +63,25 @@ class FolderTar:
 
     def __iter__(self) -> Iterator[bytes]:
         self.files = 0
-        pending = bytearray()
-        written = 0
+        batch: list[bytes] = []
+        pending = written = 0
         for piece in self._pieces():
             # Small members are gathered into one chunk; a big file's chunks go out as read.
-            if len(piece) >= self.chunk and not pending:
+            if len(piece) >= self.chunk and not batch:
                 written += len(piece)
                 yield piece
                 continue
-            pending += piece
-            if len(pending) >= self.chunk:
-                written += len(pending)
-                yield bytes(pending)
-                pending.clear()
-        written += len(pending)
+            batch.append(piece)
+            pending += len(piece)
+            if pending >= self.chunk:
+                written += pending
+                yield b"".join(batch)
+                batch.clear()
+                pending = 0
+        written += pending
         end = 2 * BLOCK
-        end += -(written + end) % RECORD
-        yield bytes(pending) + bytes(end)
+        batch.append(bytes(end + -(written + end) % RECORD))
+        yield b"".join(batch)
 
     def _pieces(self) -> Iterator[bytes]:
         stack = [("", self._entries(self.folder))]
