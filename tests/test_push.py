@@ -297,6 +297,17 @@ def test_push_headers_make_replicas(live_server_factory, tmp_path):
     assert (server.root / "replica/user/bob/démo/notes.latest.txt").read_bytes() == b"notes"
 
 
+def test_push_names_the_templates_its_headers_did_not_fill(live_server_factory, tmp_path):
+    server = live_server_factory(REPLICATE_0="user/${Username}/${Topic}")
+    source = tmp_path / "notes.txt"
+    source.write_bytes(b"notes")
+    done = push(str(source), "--to", server.url, "-H", "Username: bob")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        "  skipped      REPLICATE_0 user/${Username}/${Topic}: missing header Topic"
+    )
+
+
 def test_push_folder_with_headers_files_the_tree(live_server_factory, tmp_path):
     server = live_server_factory(REPLICATE_0="ci/${Topic}")
     source = make_tree(tmp_path / "site")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,10 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tries", type=_count, default=5, help="tries per request on a lost connection or 503"
     )
     parser.add_argument(
-        "--max-wait", type=float, default=30.0, help="longest wait in seconds between two tries"
+        "--max-wait", type=_seconds, default=30.0, help="longest wait in seconds between two tries"
     )
     parser.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds the server may stay silent"
+        "--timeout", type=_timeout, default=300.0, help="seconds the server may stay silent"
     )
     parser.add_argument(
         "--always-send",
@@ -119,7 +119,12 @@ def run(
 
 
 def _push_one(
-    pusher: Pusher, path: Path, *, args: argparse.Namespace, stdout: TextIO, say: Any
+    pusher: Pusher,
+    path: Path,
+    *,
+    args: argparse.Namespace,
+    stdout: TextIO,
+    say: Callable[[str], None],
 ) -> bool:
     """Push one path and print its outcome; True when it was stored."""
     try:
@@ -155,7 +160,7 @@ def outcome_lines(path: str, pushed: Pushed, data: Any) -> list[str]:
                 lines.append(f"  {key:<12} {urls[key]}")
         lines += [f"  {'replica':<12} {url}" for url in urls.get("replicas") or []]
     skipped = data.get("skipped") if isinstance(data, dict) else None
-    lines += [f"  {'note':<12} {text}" for text in skipped or []]
+    lines += [f"  {'skipped':<12} {text}" for text in skipped or []]
     return lines
 
 
@@ -163,6 +168,23 @@ def _authorization(token: str) -> tuple[str, bytes]:
     if any(char in token for char in "\r\n\0"):
         raise ValueError("the token cannot hold line breaks or NUL")
     return "Authorization", f"Bearer {token.strip()}".encode("utf-8", "surrogateescape")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds")
+    return value
+
+
+def _timeout(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("a timeout of 0 s would never wait for the server")
+    return value
 
 
 def _count(text: str) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bucketdav.client.progress import Progress
 from bucketdav.client.retry import RetryPolicy, with_retries
-from bucketdav.client.source import FolderTar, file_chunks, file_digest
+from bucketdav.client.source import FolderTar, SourceError, file_chunks, file_digest
 from bucketdav.client.transport import Reply, Server, upload_path
 
 Headers = Sequence[tuple[str, str | bytes]]
@@ -65,7 +65,10 @@ class Pusher:
         """Deploy by checksum when the server has the content, else send it with its checksum."""
         started = time.monotonic()
         name = path.name
-        size = os.stat(path).st_size
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
         digest = self._digest(path, size) if self.check else None
         if digest is not None:
             known = self._deploy(name, digest)
