@@ -34,6 +34,9 @@ from bucketdav.errors import (
     UnknownContent,
     UnsafeArchive,
 )
+from bucketdav.observe.logs import UPLOAD, upload_facts
+from bucketdav.observe.metrics import CONTENT_TYPE as METRICS_TYPE
+from bucketdav.observe.metrics import Metrics
 from bucketdav.public_url import base_url
 from bucketdav.settings import Settings, format_size
 from bucketdav.store.blobs import Blob, Store
@@ -55,7 +58,7 @@ from bucketdav.uploads.templates import Template, TemplateSkipped, render_templa
 log = logging.getLogger(__name__)
 
 # First path segments the API answers; every other path belongs to WebDAV.
-API_ROOTS = frozenset({"upload", "checksum", "config", "healthz", "static", "connect"})
+API_ROOTS = frozenset({"upload", "checksum", "config", "healthz", "metrics", "static", "connect"})
 STATIC_DIR = Path(__file__).parent / "static"
 STATUS_OF: dict[type[BucketError], int] = {
     BadRequest: 400,
@@ -109,9 +112,10 @@ def is_api_path(path: str) -> bool:
 class Api:
     """The API's handlers over one store; `app()` builds the Bottle application."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics
         self.slots = threading.BoundedSemaphore(settings.max_uploads)
 
     def app(self) -> bottle.Bottle:
@@ -130,6 +134,8 @@ class Api:
         route("/healthz", ["GET"], self.healthz)
         route("/static/<name:path>", ["GET"], self.static)
         route("/connect", ["GET"], self.connect)
+        if self.metrics is not None:
+            route("/metrics", ["GET"], self.metrics_text)
         for code in (400, 404, 405, 413, 500):
             app.error(code)(_bottle_error)
         return app
@@ -153,6 +159,10 @@ class Api:
         response = bottle.static_file(name, root=str(STATIC_DIR))
         response.set_header("Cache-Control", "no-cache")
         return response
+
+    def metrics_text(self) -> bytes:
+        bottle.response.content_type = METRICS_TYPE
+        return self.metrics.exposition() if self.metrics else b""
 
     def config(self) -> str:
         return _json(self.settings.public())
@@ -286,8 +296,15 @@ class Api:
 
     def _finish(self, blob: Blob, raw_name: str, headers: dict[str, str]) -> str:
         outcome = process(
-            self.store, self.settings, blob, filename=filename_segment(raw_name), headers=headers
+            self.store,
+            self.settings,
+            blob,
+            filename=filename_segment(raw_name),
+            headers=headers,
+            metrics=self.metrics,
         )
+        # Said on the request's access-log line: one line per request.
+        bottle.request.environ[UPLOAD] = upload_facts(outcome, self.store.algorithm)
         return _json(
             describe(
                 outcome,

@@ -17,6 +17,7 @@ from typing import TextIO
 from bucketdav import __version__
 from bucketdav.access import commands as access_commands
 from bucketdav.client import command as push_command
+from bucketdav.observe.logs import JsonFormatter
 from bucketdav.settings import SettingError, Settings, load_settings, parse_env_file
 from bucketdav.store.blobs import StoreError
 
@@ -173,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = setup_logging()
     try:
         settings = settings_from(args, dict(os.environ))
+        if settings.log_format == "json":
+            handler.setFormatter(JsonFormatter())
         if args.command == "serve":
             from bucketdav.server import ListenError, serve
 

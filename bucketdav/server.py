@@ -23,6 +23,15 @@ from bucketdav.access.middleware import guard_app
 from bucketdav.access.tls import exposure_warnings, handshake, tls_adapter
 from bucketdav.api import INTERNAL_ERROR, LOG_REASON, Api, error_json, is_api_path
 from bucketdav.dav.app import make_dav_app
+from bucketdav.observe.logs import (
+    IDENTITY,
+    REQUEST_ID,
+    UPLOAD,
+    redact_query,
+    request_id,
+    upload_text,
+)
+from bucketdav.observe.metrics import Metrics, metrics_for, route_kind
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Store
 from bucketdav.uploads.receive import ChunkedBody, body_left_unread, left_unread, stop_reading
@@ -54,9 +63,13 @@ DEFAULT_CSP = (
 )
 
 
-def make_app(settings: Settings, store: Store) -> WsgiApp:
-    """The whole server as one WSGI app: API paths to Bottle, the rest to WebDAV."""
-    api = Api(settings, store).app()
+def make_app(settings: Settings, store: Store, *, metrics: Metrics | None = None) -> WsgiApp:
+    """The whole server as one WSGI app: API paths to Bottle, the rest to WebDAV.
+
+    Without `metrics`, the app counts into metrics of its own unless BUCKETDAV_METRICS=off.
+    """
+    metrics = metrics or metrics_for(settings, store)
+    api = Api(settings, store, metrics=metrics).app()
     dav = make_dav_app(settings, store)
 
     def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -64,14 +77,17 @@ def make_app(settings: Settings, store: Store) -> WsgiApp:
         return target(environ, start_response)
 
     app = dispatch if settings.access_file is None else guard_app(dispatch, settings)
-    return with_headers_and_log(app)
+    return with_headers_and_log(app, metrics=metrics, json_log=settings.log_format == "json")
 
 
-def with_headers_and_log(app: WsgiApp) -> WsgiApp:
-    """Add the security headers to every response and log one line per request.
+def with_headers_and_log(
+    app: WsgiApp, *, metrics: Metrics | None = None, json_log: bool = False
+) -> WsgiApp:
+    """Add the security headers and X-Request-Id to every response; one log line per request.
 
     An exception below answers 500 with the API's JSON error while nothing is sent yet, and
-    the request still gets its one access-log line.
+    the request still gets its one access-log line. With `metrics`, each request is counted
+    when its answer ends; with `json_log`, the line carries its fields for the JSON format.
     """
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -79,8 +95,11 @@ def with_headers_and_log(app: WsgiApp) -> WsgiApp:
         query = environ.get("QUERY_STRING")
         seen: dict[str, Any] = {
             "status": "-",
-            "target": environ.get("PATH_INFO", "") + (f"?{query}" if query else ""),
+            "target": environ.get("PATH_INFO", "") + (f"?{redact_query(query)}" if query else ""),
         }
+        environ[REQUEST_ID] = rid = request_id(environ)
+        if metrics is not None:
+            next(metrics.begun)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             seen["status"] = status.split(" ", 1)[0]
@@ -94,6 +113,8 @@ def with_headers_and_log(app: WsgiApp) -> WsgiApp:
             headers.extend(h for h in SECURITY_HEADERS if h[0].lower() not in names)
             if "content-security-policy" not in names:
                 headers.append(("Content-Security-Policy", DEFAULT_CSP))
+            if "x-request-id" not in names:
+                headers.append(("X-Request-Id", rid))
             return start_response(status, headers, exc_info)
 
         def fail() -> list[bytes]:
@@ -119,7 +140,7 @@ def with_headers_and_log(app: WsgiApp) -> WsgiApp:
             body = app(environ, start)
         except Exception:
             body = fail()
-        return _Logged(body, environ, seen, started, fail)
+        return _Logged(body, environ, seen, started, fail, metrics=metrics, json_log=json_log)
 
     return wrapped
 
@@ -135,10 +156,15 @@ def loggable(text: str) -> str:
 
 def request_text(text: str) -> str:
     """A path or query for the log: WSGI's latin-1 string read as the UTF-8 it carries."""
+    return loggable(utf8_text(text))
+
+
+def utf8_text(text: str) -> str:
+    """WSGI's latin-1 string as the UTF-8 text it carries (bad bytes replaced)."""
     if not text.isascii():
         with contextlib.suppress(UnicodeEncodeError):
             text = text.encode("latin-1").decode("utf-8", "replace")
-    return loggable(text)
+    return text
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -152,10 +178,12 @@ def _escape(char: str) -> str:
 
 
 class _Logged:
-    """Hands the response body on and writes the access-log line when it is closed.
+    """Hands the response body on; when it is closed, counts the request and logs its line.
 
-    The logged size is the response's Content-Length ("-" when it has none): counting the
-    chunks in Python would slow every small response and miss bytes sent with sendfile.
+    The text line's size is the response's Content-Length ("-" when it has none). Bytes sent
+    (metrics, JSON lines) are the Content-Length too, and chunks are counted only when there
+    is none: counting them all would slow every small response and miss bytes sent with
+    sendfile.
     """
 
     def __init__(
@@ -165,16 +193,28 @@ class _Logged:
         seen: dict[str, Any],
         started: float,
         fail: Callable[[], list[bytes]],
+        *,
+        metrics: Metrics | None,
+        json_log: bool,
     ) -> None:
         self.body = body
         self.environ = environ
         self.seen = seen
         self.started = started
         self.fail = fail
+        self.metrics = metrics
+        self.json_log = json_log
+        self.counting = metrics is not None or json_log
+        self.sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self.body
+            if self.counting and self.seen.get("length", "-") == "-":
+                for chunk in self.body:
+                    self.sent += len(chunk)
+                    yield chunk
+            else:
+                yield from self.body
         except Exception:
             yield from self.fail()
 
@@ -187,18 +227,77 @@ class _Logged:
         except Exception:
             env.setdefault(LOG_REASON, "internal error while closing the response")
             log.exception("unexpected error closing the response to %s", env.get("PATH_INFO"))
+        seconds = time.monotonic() - self.started
+        method = env.get("REQUEST_METHOD", "")
+        length = self.seen.get("length", "-")
+        received = sent = 0
+        if self.counting:
+            received = bytes_in(env)
+            sent = 0 if method == "HEAD" else int(length) if length.isdigit() else self.sent
+        if self.metrics is not None:
+            try:
+                route = route_kind(method, env.get("PATH_INFO", ""), env.get("QUERY_STRING", ""))
+                self.metrics.request(
+                    method, route, self.seen["status"], seconds, received=received, sent=sent
+                )
+            except Exception:
+                log.exception("counting the request failed")
+        if self.json_log:
+            self._log_json(method, seconds, received, sent)
+            return
         reason = env.get(LOG_REASON)
+        identity = env.get(IDENTITY)
+        upload = env.get(UPLOAD)
         access_log.info(
-            '%s "%s %s %s" %s %s %.3fs%s',
+            '%s "%s %s %s" %s %s %.3fs id=%s%s%s%s',
             env.get("REMOTE_ADDR", "-"),
-            loggable(env.get("REQUEST_METHOD", "")),
+            loggable(method),
             request_text(self.seen["target"]),
             env.get("SERVER_PROTOCOL"),
             self.seen["status"],
-            self.seen.get("length", "-"),
-            time.monotonic() - self.started,
+            length,
+            seconds,
+            env.get(REQUEST_ID, "-"),
+            f" identity={loggable(str(identity))}" if identity else "",
+            f" {upload_text(upload)}" if upload else "",
             f' reason="{loggable(str(reason))}"' if reason else "",
         )
+
+    def _log_json(self, method: str, seconds: float, received: int, sent: int) -> None:
+        env = self.environ
+        query = env.get("QUERY_STRING")
+        status = self.seen["status"]
+        fields: dict[str, Any] = {
+            "request_id": env.get(REQUEST_ID),
+            "remote": env.get("REMOTE_ADDR"),
+            "identity": env.get(IDENTITY),
+            "method": method,
+            "path": utf8_text(env.get("PATH_INFO", "")),
+            "query": utf8_text(redact_query(query)) if query else None,
+            "protocol": env.get("SERVER_PROTOCOL"),
+            "status": int(status) if status.isdigit() else None,
+            "bytes_in": received,
+            "bytes_out": sent,
+            "seconds": round(seconds, 6),
+        }
+        reason = env.get(LOG_REASON)
+        if reason:
+            fields["reason"] = str(reason)
+        upload = env.get(UPLOAD)
+        if upload:
+            fields.update(upload)
+        access_log.info("%s %s", method, fields["path"], extra={"access": fields})
+
+
+def bytes_in(environ: dict[str, Any]) -> int:
+    """How many request body bytes were read (a refusal may leave some unread)."""
+    stream = environ.get("wsgi.input")
+    if isinstance(stream, ChunkedBody):
+        return stream.received
+    text = environ.get("CONTENT_LENGTH") or ""
+    if not text.isdigit():
+        return 0
+    return max(0, int(text) - getattr(stream, "remaining", 0))
 
 
 class HeadWatch:
@@ -416,11 +515,13 @@ def _next_request_soon(conn: cheroot_server.HTTPConnection) -> bool:
     return bool(poller.poll(KEEP_WARM_MS))
 
 
-def build_server(settings: Settings, store: Store) -> wsgi.Server:
+def build_server(
+    settings: Settings, store: Store, *, metrics: Metrics | None = None
+) -> wsgi.Server:
     """A Cheroot server for this store, sized so slow clients cannot starve it."""
     server = wsgi.Server(
         (settings.host, settings.port),
-        make_app(settings, store),
+        make_app(settings, store, metrics=metrics),
         numthreads=settings.threads,
         server_name="bucketdav",
         timeout=max(1, int(settings.timeout)),
@@ -431,6 +532,8 @@ def build_server(settings: Settings, store: Store) -> wsgi.Server:
     server.ConnectionClass = _connection_class(HeadWatch(settings.timeout))
     server.gateway = _gateway_class(settings.timeout)
     server.ssl_adapter = tls_adapter(settings)
+    if metrics is not None:
+        metrics.watch(server)
     return server
 
 
@@ -468,7 +571,8 @@ def serve(settings: Settings) -> None:
         min_free=settings.min_free,
         node=settings.node,
     )
-    server = build_server(settings, store)
+    metrics = metrics_for(settings, store)
+    server = build_server(settings, store, metrics=metrics)
     listen(server, settings.host, settings.port)
     try:
         # Only once the port is ours: a second server started by mistake on the same port
@@ -477,6 +581,8 @@ def serve(settings: Settings) -> None:
     except BaseException:
         server.stop()
         raise
+    if metrics is not None:
+        metrics.start()
     host, port = server.bind_addr[:2]
     log.info(
         "bucketdav listening on %s://%s:%d/ store %s (%s) node %s",

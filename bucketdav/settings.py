@@ -104,6 +104,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def parse_switch(text: str) -> bool:
+    """`on` or `off` (also true/false, yes/no, 1/0), any case."""
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("expected on or off")
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return value
+
+
 def _optional(text: str) -> str | None:
     return text.strip() or None
 
@@ -229,6 +246,20 @@ SETTINGS: tuple[Setting, ...] = (
         "bringing under 16 KiB in that time is cut off (408).",
     ),
     Setting(
+        "BUCKETDAV_METRICS",
+        "metrics",
+        "on",
+        parse_switch,
+        "GET /metrics in Prometheus format; `off` removes it and counts nothing.",
+    ),
+    Setting(
+        "BUCKETDAV_LOG_FORMAT",
+        "log_format",
+        "text",
+        _log_format,
+        "`text` lines, or `json`: one JSON object per line (access lines with their fields).",
+    ),
+    Setting(
         "BUCKETDAV_PUBLIC_URL",
         "public_url",
         "",
@@ -308,6 +339,8 @@ class Settings:
     threads: int
     max_uploads: int
     timeout: float
+    metrics: bool
+    log_format: str
     public_url: str | None
     trusted_proxies: tuple[Network, ...]
     access_file: Path | None

@@ -272,7 +272,9 @@ def test_upload_page_sends_new_content_with_its_checksum(live_server, open_tab):
     digest = md5(data)
     log = live_server.settled_log()
     assert f'"HEAD /checksum/{digest} HTTP/1.1" 404' in log
-    assert re.search(rf"upload new\.txt md5={digest} size={len(data)} new=True", log)
+    assert re.search(
+        rf'"PUT /upload/new\.txt HTTP/1\.1" 200 .* md5={digest} size={len(data)} made=blob ', log
+    )
 
 
 def test_hostile_file_name_is_text_on_the_page_and_in_the_listing(live_server_factory, open_tab):

@@ -2,42 +2,61 @@
 
 from __future__ import annotations
 
-import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from bucketdav.errors import UnsafeArchive
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Blob, Store
 from bucketdav.uploads.archives.extract import unpack
 from bucketdav.uploads.outcome import Outcome
 from bucketdav.uploads.replicas import replicate
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from bucketdav.observe.metrics import Metrics
 
 
 def process(
-    store: Store, settings: Settings, blob: Blob, *, filename: str, headers: Mapping[str, str]
+    store: Store,
+    settings: Settings,
+    blob: Blob,
+    *,
+    filename: str,
+    headers: Mapping[str, str],
+    metrics: Metrics | None = None,
 ) -> Outcome:
-    """Run the steps after storing the blob; `headers` are keyed by lower-case name."""
+    """Run the steps after storing the blob; `headers` are keyed by lower-case name.
+
+    The upload's access-log line says what it made (api.py); `metrics` counts it.
+    """
     outcome = Outcome(blob=blob, filename=filename)
-    unpack(
-        store, outcome, max_bytes=settings.extract_max_bytes, max_files=settings.extract_max_files
-    )
+    started = time.monotonic()
+    try:
+        unpack(
+            store,
+            outcome,
+            max_bytes=settings.extract_max_bytes,
+            max_files=settings.extract_max_files,
+        )
+    except UnsafeArchive:
+        if metrics is not None:
+            metrics.archive(time.monotonic() - started, refused=True)
+        raise
+    if metrics is not None and _unpacked(outcome):
+        metrics.archive(time.monotonic() - started, refused=False)
     replicate(store, settings.replicate, headers, outcome)
-    log.info(
-        "upload %s %s=%s size=%d new=%s decompressed=%s archive=%s replicas=%d",
-        filename,
-        store.algorithm,
-        blob.digest,
-        blob.size,
-        blob.created,
-        outcome.decompressed and outcome.decompressed.digest,
-        outcome.archive and outcome.archive.digest,
-        len(outcome.replicas),
-    )
+    if metrics is not None:
+        metrics.processed(outcome)
     return outcome
+
+
+def _unpacked(outcome: Outcome) -> bool:
+    """True when this upload made a new tree or decompressed blob (not found existing ones)."""
+    made_tree = outcome.archive is not None and outcome.archive.created
+    return made_tree or (outcome.decompressed is not None and outcome.decompressed.created)
 
 
 def describe(

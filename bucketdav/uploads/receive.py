@@ -142,6 +142,8 @@ class ChunkedBody:
         self.left = 0
         self.finished = False
         self.stopped = False
+        # Body bytes handed out so far, for the access log and metrics.
+        self.received = 0
 
     def read1(self, size: int = READ_SIZE) -> bytes:
         """Up to `size` bytes of the body, once some have come; b"" at its end."""
@@ -162,6 +164,7 @@ class ChunkedBody:
                 self._chunk_end()
             if time.monotonic() - started > PARTIAL_READ_AFTER:
                 break
+        self.received += got
         return b"".join(pieces)
 
     def read(self, size: int | None = -1) -> bytes:
@@ -195,6 +198,7 @@ class ChunkedBody:
             count = want if end < 0 else end + 1
             line += self.rfile.read(count)
             self.left -= count
+            self.received += count
             if not self.left:
                 self._chunk_end()
             if end >= 0:

@@ -1,0 +1,363 @@
+"""Prometheus metrics of one server: one registry per app, counted where things happen."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bucketdav.observe.totals import StoreCount
+
+if TYPE_CHECKING:
+    from bucketdav.settings import Settings
+    from bucketdav.store.blobs import Store
+    from bucketdav.uploads.outcome import Outcome
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# First path segments the API answers, each its own route kind; the rest is WebDAV's.
+API_ROUTES = frozenset({"upload", "checksum", "config", "healthz", "metrics", "static", "connect"})
+DAV_ROUTES = {
+    "GET": "dav_get",
+    "HEAD": "dav_head",
+    "PROPFIND": "dav_propfind",
+    "OPTIONS": "dav_options",
+}
+# Methods shown by name; any other (a client may send anything) is `other`.
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PROPFIND", "PROPPATCH", "MKCOL"}
+    | {"COPY", "MOVE", "LOCK", "UNLOCK", "PATCH"}
+)
+UPLOAD_METHODS = frozenset({"PUT", "POST"})
+# What retention and collection remove: replica entries, trees, blobs.
+GC_KINDS = ("replicas", "trees", "blobs")
+# Answered requests waiting to be counted, at most: folding them takes a few milliseconds.
+FOLD_AT = 2048
+# From a small GET (a millisecond) to a large upload or a folder download (minutes).
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+REQUEST_BUCKETS += (60, 300)
+EXTRACTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def route_kind(method: str, path: str, query: str) -> str:
+    """The route label of a request: an API root (`upload`, …) or a WebDAV kind (`dav_get`, …).
+
+    Never the path itself: the label takes a few fixed values whatever clients send.
+    """
+    first = path[1:].partition("/")[0] if path.startswith("/") else path.partition("/")[0]
+    if first in API_ROUTES:
+        return "upload_page" if first == "upload" and method not in UPLOAD_METHODS else first
+    if method == "GET" and "download=" in query:
+        return "dav_download"
+    return DAV_ROUTES.get(method, "dav_other")
+
+
+class Metrics:
+    """Every metric of one server, in a registry of its own (tests build as many as they like).
+
+    Request threads call request(); the upload pipeline calls archive() and processed();
+    the retention runner calls collected(). Store totals come from a background count and
+    free space from one statvfs, both read when scraped.
+    """
+
+    def __init__(self, store: Store, *, node: str | None = None) -> None:
+        # `_created` series would double the series count for a start time nobody graphs; the
+        # library's switch is process-wide, and no registry in bucketdav wants them.
+        disable_created_metrics()
+        self.store = store
+        self.registry = CollectorRegistry()
+        self.totals = StoreCount(store)
+        self.server: Any = None
+        reg = self.registry
+        self.requests = Counter(
+            "bucketdav_http_requests",
+            "HTTP requests answered, by method, route kind and status code.",
+            ["method", "route", "status"],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "bucketdav_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, by route kind.",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self.received = Counter(
+            "bucketdav_http_received_bytes",
+            "Request body bytes read, by route kind.",
+            ["route"],
+            registry=reg,
+        )
+        self.sent = Counter(
+            "bucketdav_http_sent_bytes",
+            "Response body bytes sent, by route kind.",
+            ["route"],
+            registry=reg,
+        )
+        self.uploads = Counter(
+            "bucketdav_uploads",
+            "Uploads (and deploys by checksum) by outcome: new content, deduplicated, refused.",
+            ["outcome"],
+            registry=reg,
+        )
+        self.saved = Counter(
+            "bucketdav_dedup_saved_bytes",
+            "Bytes of uploaded content the store already had, so kept no second time.",
+            registry=reg,
+        )
+        self.archives = Counter(
+            "bucketdav_archives",
+            "Archives and compressed files unpacked into a new tree or blob, or refused.",
+            ["outcome"],
+            registry=reg,
+        )
+        self.extraction = Histogram(
+            "bucketdav_archive_extraction_seconds",
+            "Time to unpack an archive or compressed file, extracted or refused.",
+            buckets=EXTRACTION_BUCKETS,
+            registry=reg,
+        )
+        self.replicas = Counter(
+            "bucketdav_replicas_made", "Replica entries made by uploads.", registry=reg
+        )
+        self.gc_runs = Counter(
+            "bucketdav_gc_runs",
+            "Retention and collection runs, by outcome (success, failure).",
+            ["outcome"],
+            registry=reg,
+        )
+        self.gc_removed = Counter(
+            "bucketdav_gc_removed",
+            "Items retention and collection removed, by kind.",
+            ["kind"],
+            registry=reg,
+        )
+        self.gc_freed = Counter(
+            "bucketdav_gc_freed_bytes", "Bytes retention and collection freed.", registry=reg
+        )
+        # (seconds the last run took, when the last successful one ended): shown once known.
+        self.gc_last: float | None = None
+        self.gc_success: float | None = None
+        if node:
+            info = Gauge("bucketdav_node_info", "This server's node name.", ["node"], registry=reg)
+            info.labels(node).set(1)
+        for outcome in ("new", "deduplicated", "refused"):
+            self.uploads.labels(outcome)
+        for outcome in ("extracted", "refused"):
+            self.archives.labels(outcome)
+        for outcome in ("success", "failure"):
+            self.gc_runs.labels(outcome)
+        for kind in GC_KINDS:
+            self.gc_removed.labels(kind)
+        reg.register(_Live(self))
+        ProcessCollector(registry=reg)
+        # Label children by (method, route, status): a dict look-up instead of labels() each time.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+        # Request threads take no lock: each answered request is one append (atomic), folded
+        # into the counters above by whoever scrapes, or by the request that fills the queue.
+        # Metric locks taken by 64 threads at once cost a tenth of a small GET's rate.
+        self.answered: collections.deque[tuple[str, str, str, float, int, int]] = (
+            collections.deque()
+        )
+        self.folding = threading.Lock()
+        # Requests begun and ended, counted without a lock (next() is atomic); each scrape
+        # takes one number from both, so their difference stays the requests in flight.
+        self.begun = itertools.count()
+        self.ended = itertools.count()
+
+    def watch(self, server: Any) -> None:
+        """Report the worker threads and queue of this Cheroot server."""
+        self.server = server
+
+    def start(self) -> None:
+        """Start counting the store in the background (the server calls it once serving)."""
+        self.totals.start()
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus text format."""
+        self.fold()
+        return generate_latest(self.registry)
+
+    # -- counting --------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        route: str,
+        status: str,
+        seconds: float,
+        *,
+        received: int,
+        sent: int,
+    ) -> None:
+        """Note one answered request (its end: next(begun) marked its start)."""
+        self.answered.append((method, route, status, seconds, received, sent))
+        # Only once noted: a scrape that sees no other request in flight counts them all.
+        next(self.ended)
+        if len(self.answered) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Count the requests noted since the last fold."""
+        with self.folding:
+            answered = self.answered
+            for _ in range(len(answered)):
+                self._count(*answered.popleft())
+
+    def _count(
+        self, method: str, route: str, status: str, seconds: float, received: int, sent: int
+    ) -> None:
+        """Count one answered request; `method` and `status` as they came, bounded here."""
+        if method not in METHODS:
+            method = "other"
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, status if _is_status(status) else "-"),
+                self.duration.labels(route),
+                self.received.labels(route),
+                self.sent.labels(route),
+            )
+        count, duration, received_bytes, sent_bytes = children
+        count.inc()
+        duration.observe(seconds)
+        if received:
+            received_bytes.inc(received)
+        if sent:
+            sent_bytes.inc(sent)
+        if route == "upload" and status[:1] in ("4", "5") and method in UPLOAD_METHODS:
+            self.uploads.labels("refused").inc()
+
+    def archive(self, seconds: float, *, refused: bool) -> None:
+        """Count an archive or compressed file unpacked (new content) or refused."""
+        self.archives.labels("refused" if refused else "extracted").inc()
+        self.extraction.observe(seconds)
+
+    def processed(self, outcome: Outcome) -> None:
+        """Count an upload that succeeded: new or deduplicated, and the replicas it made."""
+        if outcome.blob.created:
+            self.uploads.labels("new").inc()
+        else:
+            self.uploads.labels("deduplicated").inc()
+            self.saved.inc(outcome.blob.size)
+        if outcome.replicas:
+            self.replicas.inc(len(outcome.replicas))
+
+    def collected(self, report: Any) -> None:
+        """Record one retention and collection run from its report.
+
+        The report says whether it ended well (`success`), how long it took (`seconds`), how
+        many replica entries, trees and blobs went (`entries`, `trees`, `blobs`) and the bytes
+        freed (`bytes_freed`).
+        """
+        success = bool(report.success)
+        self.gc_runs.labels("success" if success else "failure").inc()
+        for kind, count in zip(GC_KINDS, (report.entries, report.trees, report.blobs), strict=True):
+            if count:
+                self.gc_removed.labels(kind).inc(count)
+        if report.bytes_freed:
+            self.gc_freed.inc(report.bytes_freed)
+        self.gc_last = float(report.seconds)
+        if success:
+            self.gc_success = time.time()
+
+
+def metrics_for(settings: Settings, store: Store) -> Metrics | None:
+    """The metrics of a server with these settings; None when BUCKETDAV_METRICS is off."""
+    if not settings.metrics:
+        return None
+    return Metrics(store, node=settings.node)
+
+
+def _is_status(text: str) -> bool:
+    return len(text) == 3 and text.isdigit()
+
+
+class _Live(Collector):
+    """What is read when scraped: free space (one statvfs), the workers, the store totals."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        # Nothing to check against the other collectors' names when registering.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.metrics.store
+        try:
+            stat = os.statvfs(store.root)
+        except OSError:
+            stat = None
+        if stat is not None:
+            size = stat.f_blocks * stat.f_frsize
+            yield _gauge(
+                "store_free_bytes", "Free bytes on the store's disk.", stat.f_bavail * stat.f_frsize
+            )
+            yield _gauge("store_size_bytes", "Size of the store's file system in bytes.", size)
+            yield _gauge(
+                "store_min_free_bytes",
+                "BUCKETDAV_MIN_FREE in bytes: uploads that would go below it are refused.",
+                store.min_free.bytes_for(size),
+            )
+            if stat.f_files:
+                yield _gauge(
+                    "store_free_inodes", "Free inodes on the store's file system.", stat.f_favail
+                )
+                yield _gauge("store_inodes", "Inodes of the store's file system.", stat.f_files)
+        # Each scrape takes one number from both counters: the difference is unchanged.
+        in_flight = next(self.metrics.begun) - next(self.metrics.ended)
+        yield _gauge(
+            "http_requests_in_flight",
+            "Requests being answered now (their answer not yet fully sent).",
+            max(0, in_flight),
+        )
+        yield from self.metrics.totals.collect()
+        if self.metrics.gc_last is not None:
+            yield _gauge(
+                "gc_last_duration_seconds",
+                "How long the last retention and collection run took.",
+                self.metrics.gc_last,
+            )
+        if self.metrics.gc_success is not None:
+            yield _gauge(
+                "gc_last_success_timestamp_seconds",
+                "When the last successful retention and collection run ended (Unix time).",
+                self.metrics.gc_success,
+            )
+        server = self.metrics.server
+        pool = getattr(server, "requests", None)
+        if pool is not None:
+            threads = getattr(pool, "_threads", None)
+            yield _gauge(
+                "workers",
+                "Worker threads (BUCKETDAV_THREADS).",
+                len(threads) if threads else pool.min,
+            )
+            yield _gauge("workers_idle", "Worker threads waiting for a connection.", pool.idle)
+            yield _gauge(
+                "connections_queued",
+                "Connections with a request waiting for a free worker thread.",
+                pool.qsize,
+            )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"bucketdav_{name}", doc, value=value)
