@@ -5,6 +5,9 @@ PROPFIND Depth 1 of 10,000 files (one client), PROPFIND Depth 1 of 100 files (16
 connections, wrk), GET of a 1 GiB file (curl), GET of a 4 KiB file (16 connections, wrk).
 
     python bench/dav.py [--rounds 3] [--seconds 3] [--keep DIR] [--only "GET 1 GiB"]
+
+With --metrics, bucketdav runs twice instead, with metrics on and with BUCKETDAV_METRICS=off,
+over the two hot paths (GET 4 KiB, PROPFIND 100 files): the ratio is what metrics cost.
 """
 
 from __future__ import annotations
@@ -147,15 +150,18 @@ def build_store(root: Path) -> Layout:
     return Layout(f"{rel}/many/", f"{rel}/hundred/", f"{rel}/big.bin", f"{rel}/small.bin")
 
 
-def servers(root: Path, work: Path) -> list[Server]:
-    """Every server that can run here, each on its own port."""
+def servers(root: Path, work: Path, *, metrics: bool = False) -> list[Server]:
+    """Every server that can run here, each on its own port (bucketdav twice with `metrics`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKETDAV_", "ARCHIVE_"))}
+    ours = [sys.executable, "-m", "bucketdav", "serve", "--port", "{port}"]
+    store = {"ARCHIVE_DIR": str(root), "BUCKETDAV_MIN_FREE": "0"}
+    if metrics:
+        return [
+            Server("bucketdav", ours, {**env, **store, "BUCKETDAV_METRICS": "on"}),
+            Server("metrics-off", ours, {**env, **store, "BUCKETDAV_METRICS": "off"}),
+        ]
     found = [
-        Server(
-            "bucketdav",
-            [sys.executable, "-m", "bucketdav", "serve", "--port", "{port}"],
-            {**env, "ARCHIVE_DIR": str(root), "BUCKETDAV_MIN_FREE": "0"},
-        ),
+        Server("bucketdav", ours, {**env, **store}),
         Server("wsgidav", [sys.executable, "-c", STOCK_WSGIDAV, str(root), "{port}"], env),
     ]
     if shutil.which("nginx") and Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so").exists():
@@ -316,6 +322,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=3, help="duration of each wrk run")
     parser.add_argument("--keep", type=Path, help="build (or reuse) the store in this folder")
     parser.add_argument("--only", default="", help="run the workloads whose name holds this")
+    parser.add_argument(
+        "--metrics", action="store_true", help="bucketdav with metrics on against metrics off"
+    )
     args = parser.parse_args()
     for tool in ("curl", "wrk"):
         if not shutil.which(tool):
@@ -328,11 +337,12 @@ def main() -> int:
     work.mkdir(exist_ok=True)
     print(f"building the store in {root} ...", flush=True)
     layout = build_store(root)
-    peers = servers(root, work)
+    peers = servers(root, work, metrics=args.metrics)
     loads = {
         name: load
         for name, load in workloads(layout, work, args.seconds).items()
         if args.only.lower() in name.lower()
+        and (not args.metrics or name.startswith(("GET 4 KiB", "PROPFIND 100 ")))
     }
     results: dict[str, dict[str, list[float]]] = {name: {} for name in loads}
     first: dict[str, dict[str, float]] = {name: {} for name in loads}
