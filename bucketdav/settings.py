@@ -104,6 +104,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _deflate(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("auto", "always", "never"):
+        raise ValueError("expected auto, always or never")
+    return value
+
+
 def parse_switch(text: str) -> bool:
     """`on` or `off` (also true/false, yes/no, 1/0), any case."""
     value = text.strip().lower()
@@ -215,6 +222,27 @@ SETTINGS: tuple[Setting, ...] = (
         "100000",
         _positive_int,
         "Most members one archive may have.",
+    ),
+    Setting(
+        "BUCKETDAV_DOWNLOAD_MAX_BYTES",
+        "download_max_bytes",
+        "64gb",
+        parse_size,
+        "Most bytes of files one folder download (?download=zip|tar) may hold; more: 413.",
+    ),
+    Setting(
+        "BUCKETDAV_DOWNLOAD_MAX_FILES",
+        "download_max_files",
+        "200000",
+        _positive_int,
+        "Most files, folders and links one folder download may hold; more: 413.",
+    ),
+    Setting(
+        "BUCKETDAV_DOWNLOAD_DEFLATE",
+        "download_deflate",
+        "auto",
+        _deflate,
+        "Zip downloads: `auto` deflates all but compressed content, `always`, or `never`.",
     ),
     Setting(
         "BUCKETDAV_MIN_FREE",
@@ -335,6 +363,9 @@ class Settings:
     port: int
     extract_max_bytes: int
     extract_max_files: int
+    download_max_bytes: int
+    download_max_files: int
+    download_deflate: str
     min_free: FreeSpace
     threads: int
     max_uploads: int

@@ -13,14 +13,16 @@ from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
-from bucketdav.access.decide import ACCESS_KEY, may_read, sees
+from bucketdav.access.decide import ACCESS_KEY, may_read, on_the_way, sees
 from bucketdav.access.rules import Identity
 from bucketdav.api import PAGE_CSP, status_of
 from bucketdav.dav import listing
+from bucketdav.dav.download import Downloads, download_kind, query, saved_name, with_attachment
 from bucketdav.dav.get import serve_file
 from bucketdav.dav.lookup import Node, PublicTree, count_members
 from bucketdav.dav.propfind import BadPropfind, Renderer, href_of, parse_propfind
 from bucketdav.dav.provider import StoreProvider
+from bucketdav.dav.walk import Readable
 from bucketdav.errors import ClientGone, TooLarge
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Store
@@ -72,7 +74,13 @@ def make_dav_app(settings: Settings, store: Store, *, fast: bool = True) -> Wsgi
     """
     tree = PublicTree(str(store.root), store.algorithm)
     wsgidav = WsgiDAVApp(dav_config(StoreProvider(tree)))
-    return DavApp(tree, wsgidav, fast=fast, timeout=settings.timeout)
+    downloads = Downloads(
+        tree.root,
+        max_files=settings.download_max_files,
+        max_bytes=settings.download_max_bytes,
+        deflate=settings.download_deflate,
+    )
+    return DavApp(tree, wsgidav, fast=fast, timeout=settings.timeout, downloads=downloads)
 
 
 def _plain(
@@ -182,6 +190,19 @@ def _only_on_the_way(environ: dict[str, Any], node: Node) -> bool:
     return identity is not None and not node.is_dir and not may_read(identity, node.path)
 
 
+def _readable(environ: dict[str, Any], node: Node) -> Readable | None:
+    """What of the folder `node` the request's identity may download; None: all of it."""
+    identity = environ.get(ACCESS_KEY)
+    if identity is None or may_read(identity, node.path):
+        return None
+    # A folder on the way to what the identity may read: only that, as its listing shows.
+    base = node.path.rstrip("/") + "/"
+    return Readable(
+        may_read=lambda rel: may_read(identity, base + rel),
+        may_enter=lambda rel: on_the_way(identity, base + rel),
+    )
+
+
 def _replace_body(environ: dict[str, Any], body: bytes) -> None:
     """Hand WsgiDAV the body already read, as if it were still to be read."""
     environ["wsgi.input"] = io.BytesIO(body)
@@ -193,9 +214,16 @@ class DavApp:
     """Guards every request (methods, paths, Depth, body size), then answers or hands over."""
 
     def __init__(
-        self, tree: PublicTree, wsgidav: WsgiApp, *, fast: bool, timeout: float | None = None
+        self,
+        tree: PublicTree,
+        wsgidav: WsgiApp,
+        *,
+        fast: bool,
+        timeout: float | None = None,
+        downloads: Downloads,
     ) -> None:
         self.tree = tree
+        self.downloads = downloads
         self.wsgidav = wsgidav
         self.fast = fast
         self.timeout = timeout
@@ -236,14 +264,46 @@ class DavApp:
             node = self.tree.lookup(path, recheck=method == "HEAD")
             if node is None:
                 return _plain(start_response, "404 Not Found", "not found\n")
+            params = query(environ)
             if node.is_dir:
+                if "download" in params:
+                    return self._download(
+                        environ, start_response, node, params, head=method == "HEAD"
+                    )
                 return self._listing(environ, start_response, node, head=method == "HEAD")
+            filename = saved_name(params.get("name", ""))
+            if filename is not None:
+                start_response = with_attachment(start_response, filename)
             if _only_on_the_way(environ, node):
                 return _plain(start_response, "403 Forbidden", "not readable with these rights\n")
             if self.fast:
                 return serve_file(self.tree, node, environ, start_response, head=method == "HEAD")
         _replace_body(environ, body)
         return self.wsgidav(environ, start_response)
+
+    def _download(
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        node: Node,
+        params: dict[str, str],
+        *,
+        head: bool,
+    ) -> Iterable[bytes]:
+        """A folder as one zip or tar archive (`?download=zip|tar`)."""
+        try:
+            kind = download_kind(params["download"])
+        except ValueError as exc:
+            return _plain(start_response, "400 Bad Request", f"{exc}\n")
+        if node.path == "/":
+            return _plain(
+                start_response,
+                "400 Bad Request",
+                "the root is the whole store: download one of the folders inside it\n",
+            )
+        return self.downloads.serve(
+            node, environ, start_response, kind=kind, head=head, readable=_readable(environ, node)
+        )
 
     def _refuse(
         self,

@@ -134,6 +134,13 @@ def render_listing(
     files = sum(1 for e in entries if not e.is_dir)
     folders = len(entries) - files
     summary = f"{_plural(folders, 'folder')}, {_plural(files, 'file')}"
+    # The root is the whole store, which is not offered as one download.
+    downloads = (
+        ' <span class="downloads">· <a href="?download=zip">Download .zip</a>'
+        ' · <a href="?download=tar">Download .tar</a></span>'
+        if len(crumbs) > 1
+        else ""
+    )
     checksum_heading = f"Checksum ({_text(algorithm)})" if algorithm else "Checksum"
     body = (
         f"""<table id="listing">
@@ -167,7 +174,7 @@ def render_listing(
 <main>
 <h1>{title}</h1>
 {parent}
-<p class="summary">{summary}</p>
+<p class="summary">{summary}{downloads}</p>
 {body}
 </main>
 </body></html>
