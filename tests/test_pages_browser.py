@@ -10,12 +10,13 @@ import re
 import tarfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
-from helpers import md5
+from helpers import md5, tar_gz
 
 from tests.conftest import LiveServer, require_tool
 
@@ -151,6 +152,7 @@ def test_upload_page_two_files_reach_done_with_working_links(live_server, open_t
         assert row.locator("progress").evaluate("bar => bar.value") == 100
         assert md5(data) in row.inner_text()
         (blob,) = tab.links(row, "File")
+        assert blob.endswith(f"?name={name}")  # saved under its own name, not the checksum
         assert _get(live_server, blob) == data
         assert row.locator("button.copy").count() == 2
     log = live_server.settled_log()
@@ -257,7 +259,7 @@ def test_upload_page_deploys_known_content_by_checksum(live_server_factory, open
     assert "deployed by checksum, no bytes sent" in row.inner_text()
     assert digest in row.inner_text()
     log = server.settled_log()
-    assert f"deploy by checksum {algorithm}={digest}" in log
+    assert f"{algorithm}={digest} size={len(data)} made=- replicas=0 deployed=true" in log
     assert f'"HEAD /checksum/{digest} HTTP/1.1" 200' in log
     assert len(re.findall(r'"PUT /upload/again\.bin HTTP/1\.1" 200', log)) == 1
 
@@ -321,6 +323,27 @@ def test_listing_sorts_by_name_size_and_date(live_server, open_tab):
     tab.page.get_by_role("button", name="Name").click()
     assert names.all_inner_texts() == ["a.txt", "b.txt", "C.txt"]
     assert tab.page.locator("th[data-key=name]").get_attribute("aria-sort") == "ascending"
+
+
+def test_listing_downloads_the_folder_as_zip_and_tar(live_server, open_tab, tmp_path):
+    members = {"site/index.html": b"<p>hi</p>\n", "site/css/a.css": b"p { color: red }\n"}
+    answer = live_server.upload("site.tgz", tar_gz(members)).json()
+    tab = open_tab(live_server)
+    tab.goto(urlsplit(answer["url"]["archive"]).path + "site/")
+    for kind in ("zip", "tar"):
+        with tab.page.expect_download() as started:
+            tab.page.get_by_role("link", name=f"Download .{kind}").click()
+        download = started.value
+        assert download.suggested_filename == f"site.{kind}"
+        saved = tmp_path / download.suggested_filename
+        download.save_as(saved)
+        if kind == "zip":
+            with zipfile.ZipFile(saved) as archive:
+                files = {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()}
+        else:
+            with tarfile.open(saved) as archive:
+                files = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
+        assert files == members
 
 
 def test_connect_page_copies_the_mount_command(live_server, open_tab):

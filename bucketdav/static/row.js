@@ -13,6 +13,18 @@ function announce(text) {
   if (announcer) announcer.textContent = text;
 }
 
+// Blobs are named by their checksums; `?name=` makes the browser save one under a real name.
+function named(url, filename) {
+  return filename ? `${url}?name=${encodeURIComponent(filename)}` : url;
+}
+
+// The name of what a compressed upload decompresses to: `x.tgz` → `x.tar`, `x.log.gz` → `x.log`.
+function unpacked(filename) {
+  if (!filename) return "";
+  if (/\.(tgz|tbz2?|txz)$/i.test(filename)) return filename.replace(/\.[^.]+$/, ".tar");
+  return /\.(gz|bz2|xz|zst)$/i.test(filename) ? filename.replace(/\.[^.]+$/, "") : "";
+}
+
 export class Row {
   constructor(label, size, kind) {
     this.name = el("span", { className: "name", textContent: label });
@@ -76,11 +88,11 @@ export class Row {
     const add = (term, node, copyText) => {
       results.append(el("dt", { textContent: term }), el("dd", {}, node, copyButton(copyText, `Copy ${term.toLowerCase()} of ${this.name.textContent}`)));
     };
-    const link = (url) => el("a", { href: url, textContent: url.replace(location.origin, "") || url });
+    const link = (url, href = url) => el("a", { href, textContent: url.replace(location.origin, "") || url });
     add(`Checksum (${answer.algorithm})`, el("code", { textContent: answer.checksum.blob }), answer.checksum.blob);
     const url = answer.url || {};
-    if (url.blob) add("File", link(url.blob), url.blob);
-    if (url.decompressed) add("Decompressed", link(url.decompressed), url.decompressed);
+    if (url.blob) add("File", link(url.blob, named(url.blob, answer.filename)), url.blob);
+    if (url.decompressed) add("Decompressed", link(url.decompressed, named(url.decompressed, unpacked(answer.filename))), url.decompressed);
     if (url.archive) add("Tree", link(url.archive), url.archive);
     for (const replica of url.replicas || []) add("Replica", link(replica), replica);
     this.li.append(results);
