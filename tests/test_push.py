@@ -14,6 +14,7 @@ import pty
 import re
 import select
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 from helpers import md5
 
 from bucketdav.client.command import parse_header
@@ -263,7 +265,8 @@ def test_push_known_file_is_deployed_by_checksum_with_no_body(live_server, relay
     assert second.headers["x-checksum-deploy"] == "true"
     assert second.headers["x-checksum"] == md5(source.read_bytes())
     log = live_server.settled_log()
-    assert log.count(f"deploy by checksum md5={md5(source.read_bytes())}") == 1
+    line = f"md5={md5(source.read_bytes())} size={source.stat().st_size} made=- replicas=0"
+    assert log.count(f"{line} deployed=true") == 1
 
 
 def test_push_sends_the_checksum_it_computed_with_a_new_file(relay_factory, tmp_path):
@@ -683,6 +686,53 @@ def test_server_takes_a_new_connection_when_the_kept_one_was_closed():
     finally:
         server.close()
         listener.close()
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """An https server on 127.0.0.1 with a self-signed certificate; yields (URL, cert path)."""
+    openssl = require_tool("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for _ in range(10):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(65536)
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntls")
+            except (OSError, ssl.SSLError):
+                continue
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}", cert
+    listener.close()
+
+
+def test_server_verifies_https_certificates(tls_server, monkeypatch):
+    url, cert = tls_server
+    server = Server(url, timeout=10, environ={})
+    with pytest.raises(ConnectionLost, match="TLS certificate not trusted") as refused:
+        server.request("GET", "/config")
+    assert refused.value.retry is False
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    assert Server(url, timeout=10, environ={}).request("GET", "/config").body == b"tls"
 
 
 def test_server_url_must_be_http_or_https():

@@ -59,7 +59,7 @@ def with_retries(
         try:
             reply = attempt()
         except ConnectionLost as exc:
-            if number == policy.tries:
+            if number == policy.tries or not exc.retry:
                 raise
             why, retry_after = str(exc), None
         else:

@@ -27,7 +27,14 @@ MAX_REPLY = 16 << 20
 
 
 class ConnectionLost(Exception):
-    """The connection could not be made, or broke before a whole answer came."""
+    """The connection could not be made, or broke before a whole answer came.
+
+    `retry` is false when trying again cannot help (a certificate that is not trusted).
+    """
+
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ class Server:
             return reply
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            raise ConnectionLost(_describe(exc)) from None
+            retry = not isinstance(exc, ssl.SSLCertVerificationError)
+            raise ConnectionLost(_describe(exc), retry=retry) from None
         except BaseException:
             self.close()
             raise
