@@ -9,6 +9,7 @@ upload made it (a twin upload may be between its link and its flush).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -236,6 +237,23 @@ def test_commit_existing_blob_weak_digest_compares_then_flushes(store, recorder)
     assert_durable(recorder.calls, [blob_of(b"compared")])
 
 
+def test_place_past_emlink_flushes_the_copy_before_linking_it(store, recorder, monkeypatch):
+    blob = store.ingest([b"too many links"])
+    (store.replicas / "team").mkdir()
+    recorded_link = os.link
+
+    def saturated(src, dst, **kwargs):
+        if Path(src) == blob.path:
+            raise OSError(errno.EMLINK, "Too many links")
+        return recorded_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", saturated)
+    recorder.clear()
+    store.place(blob.path, store.replicas / "team" / "copy.txt")
+    calls = recorder.calls
+    assert calls.index(("fsync", "staging/copy-*")) < calls.index(("link", "replica/team/copy.txt"))
+
+
 # -- trees ---------------------------------------------------------------------------------
 
 
@@ -244,6 +262,13 @@ def test_upload_tree_published_flushes_its_way_down(upload, recorder):
     answer = upload(data, "build.tgz")
     assert any(call == "rename" and path.startswith("explode/") for call, path in recorder.calls)
     assert_durable(recorder.calls, answer)
+
+
+def test_upload_tree_flushes_its_files_before_linking_them_as_blobs(upload, recorder):
+    upload(tar_gz({"a/member.txt": b"member bytes"}), "build.tgz")
+    calls = recorder.calls
+    link = calls.index(("link", blob_of(b"member bytes")))
+    assert any(call == "syncfs" and path.startswith("staging/") for call, path in calls[:link])
 
 
 def test_upload_tree_that_already_exists_flushes_its_way_down(upload, recorder):
