@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import sys
 import threading
@@ -13,6 +14,7 @@ import pytest
 
 from bucketdav.errors import StoreFull
 from bucketdav.store.blobs import Store
+from bucketdav.uploads import replicas
 from bucketdav.uploads.outcome import Outcome, Tree
 from bucketdav.uploads.replicas import (
     ReplicaRefused,
@@ -390,6 +392,36 @@ def test_replicate_latest_of_one_series_never_replaces_another_series_replica(st
 
 
 # -- concurrency --------------------------------------------------------------------------
+
+
+def folder_lock_is_free(folder: Path) -> bool:
+    """Whether a second descriptor of `folder` gets its exclusive flock at once."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        assert exc.errno == errno.EWOULDBLOCK
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@pytest.mark.parametrize("step", ["_claim", "_point_latest"])
+def test_replicate_claims_and_swaps_latest_under_the_folders_lock(store, monkeypatch, step):
+    folder = store.replicas / "user/bob/demo"
+    real = getattr(replicas, step)
+    seen: list[bool] = []
+
+    def observed(*args, **kwargs):
+        seen.append(folder_lock_is_free(folder))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(replicas, step, observed)
+    run(store, file_outcome(store))
+    run(store, file_outcome(store, b"second"))
+    assert seen == [False, False]
+    assert folder_lock_is_free(folder)
 
 
 @pytest.fixture
