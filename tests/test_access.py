@@ -72,8 +72,10 @@ TABLE = [
     # reading the store
     ("anonymous", "GET", "/replica/public/x.txt", (), A),
     ("anonymous", "PROPFIND", "/replica/public", (), A),
-    ("anonymous", "PROPFIND", "/replica/", (), L),
-    ("anonymous", "PROPFIND", "/", (), L),
+    ("anonymous", "PROPFIND", "/replica/", (), U),
+    ("anonymous", "GET", "/replica/", (), L),
+    ("anonymous", "PROPFIND", "/", (), U),
+    ("anonymous", "GET", "/", (), L),
     ("anonymous", "GET", "/replica/team/a.txt", (), U),
     ("anonymous", "GET", "/blob/ab/cd/abcd", (), U),
     ("anonymous", "OPTIONS", "/explode/", (), U),

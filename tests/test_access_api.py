@@ -164,8 +164,12 @@ def test_access_api_propfind_shows_only_the_way_to_what_is_readable(team):
     assert names_in(resp.body) == ["/", "/replica/"]
     resp = team.request("/replica/team/", method="PROPFIND", headers={"Depth": "1", **BOB})
     assert names_in(resp.body) == ["/replica/team/", "/replica/team/nightly/"]
-    resp = team.request("/replica/", method="PROPFIND", headers={"Depth": "1"})
-    assert names_in(resp.body) == ["/replica/", "/replica/public/"]
+    # Without credentials a folder on the way asks for them: drives send them only when asked.
+    resp = team.request("/replica/", method="PROPFIND", headers={"Depth": "1"}, status=401)
+    assert resp.headers["WWW-Authenticate"] == 'Basic realm="bucketdav"'
+    resp = team.request("/replica/public/", method="PROPFIND", headers={"Depth": "1"})
+    assert names_in(resp.body) == ["/replica/public/", "/replica/public/docs/"]
+    assert "public/" in team.get("/replica/").text
     everything = team.request("/replica/team/", method="PROPFIND", headers={"Depth": "1", **ALICE})
     assert names_in(everything.body) == [
         "/replica/team/",

@@ -53,7 +53,9 @@ def decide(identity: Identity, method: str, path: str, replicas: Iterable[str] =
         return Decision.ALLOW
     else:
         allowed = False
-        if on_the_way(identity, path):
+        # WebDAV clients send credentials only when asked: a mounted drive without them
+        # would never see more than the way to what anyone may read.
+        if on_the_way(identity, path) and (identity.known or method != "PROPFIND"):
             return Decision.LIST
     if allowed:
         return Decision.ALLOW
