@@ -144,6 +144,24 @@ def test_archives_api_member_colliding_with_a_stored_blob_is_409(client, store_r
     assert staged(store_root) == []
 
 
+@pytest.mark.parametrize(("pack", "name"), [(tar_bytes, "pair.tar"), (zip_bytes, "pair.zip")])
+@pytest.mark.parametrize("size", [128, 2 * MiB], ids=["small", "streamed"])
+def test_archives_api_members_colliding_with_each_other_are_409(
+    client, store_root, pack, name, size
+):
+    # Both halves of the pair, grown alike (same suffix keeps the MD5s equal), in one archive.
+    suffix = b"\0" * (size - len(MD5_COLLISION_A))
+    first, second = MD5_COLLISION_A + suffix, MD5_COLLISION_B + suffix
+    assert md5(first) == md5(second) and first != second
+    data = pack([F("a.bin", first), F("b.bin", second)])
+    body = put(client, name, data, status=409).json
+    assert "already stored with different content" in body["error"]
+    assert list((store_root / "explode").iterdir()) == []
+    assert staged(store_root) == []
+    held = store_root / "blob" / md5(first)[:2] / md5(first)[2:4] / md5(first)
+    assert not held.exists() or held.read_bytes() == first
+
+
 def test_archives_api_repeat_upload_does_not_extract_again(client, store_root, monkeypatch):
     data = tar_bytes([F("a", b"1"), F("d/b", b"2")], compression="gz")
     first = put(client, "x.tgz", data).json
