@@ -38,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
     check.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
     check.set_defaults(host=None, port=None)
+    gc = commands.add_parser("gc", help="apply retention and collect unreferenced content once")
+    gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    gc.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    gc.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
+    gc.set_defaults(host=None, port=None)
+    rm = commands.add_parser("rm", help="remove replica entries and re-point their latest link")
+    rm.add_argument("paths", nargs="+", metavar="PATH", help="replica/… as upload answers name it")
+    rm.add_argument("--json", action="store_true", help="print what went as one JSON object")
+    rm.add_argument("--config", help="settings file of NAME=value lines (BUCKETDAV_CONFIG)")
+    rm.set_defaults(host=None, port=None)
     access_commands.add_arguments(
         commands.add_parser("token", help="make a token: the secret once, the access-file lines"),
         commands.add_parser("passwd", help="hash a password into access-file lines"),
@@ -187,6 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bucketdav.store.check import run_check
 
             return run_check(settings, full=args.full, repair=args.repair)
+        elif args.command == "gc":
+            from bucketdav.store.commands import run_gc
+
+            return run_gc(settings, dry_run=args.dry_run, as_json=args.json)
+        elif args.command == "rm":
+            from bucketdav.store.commands import run_rm
+
+            return run_rm(settings, args.paths, as_json=args.json)
     except (SettingError, StoreError) as exc:
         return _failed(exc)
     finally:

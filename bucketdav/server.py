@@ -34,6 +34,7 @@ from bucketdav.observe.logs import (
 from bucketdav.observe.metrics import Metrics, metrics_for, route_kind
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Store
+from bucketdav.store.periodic import start_periodic
 from bucketdav.uploads.receive import ChunkedBody, body_left_unread, left_unread, stop_reading
 
 log = logging.getLogger(__name__)
@@ -597,6 +598,7 @@ def serve(settings: Settings) -> None:
         log.warning("%s", warning)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    collection = start_periodic(store, settings)
     try:
         server.serve()
     except KeyboardInterrupt:
@@ -607,6 +609,9 @@ def serve(settings: Settings) -> None:
         deadline = threading.Timer(settings.timeout + 10, _force_exit)
         deadline.daemon = True
         deadline.start()
+        if collection is not None:
+            # Stops between two batches: what it moved aside is finished by the next run.
+            collection.stop()
         server.stop()
         deadline.cancel()
         log.info("stopped")

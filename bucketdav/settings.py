@@ -16,6 +16,8 @@ from bucketdav.uploads.templates import Template, TemplateError, parse_template
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 REPLICATE_NAMES = tuple(f"REPLICATE_{i}" for i in range(10))
+KEEP_SUFFIXES = ("_KEEP_LAST", "_KEEP_DAYS")
+REPLICATE_KEEP_NAMES = tuple(f"{n}{suffix}" for n in REPLICATE_NAMES for suffix in KEEP_SUFFIXES)
 # A node name is one path segment (staging/<node>/), used as given: the characters of host names.
 _NODE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$")
 
@@ -68,6 +70,71 @@ def parse_free_space(text: str) -> FreeSpace:
             raise ValueError("a percentage must be from 0 to 99")
         return FreeSpace(percent=percent)
     return FreeSpace(size=parse_size(text))
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True, order=True)
+class Duration:
+    """A span of time in whole seconds, shown in its largest exact unit (`90d`, `1h`)."""
+
+    seconds: int
+
+    def __str__(self) -> str:
+        for unit in ("d", "h", "m"):
+            if self.seconds and self.seconds % _DURATION_UNITS[unit] == 0:
+                return f"{self.seconds // _DURATION_UNITS[unit]}{unit}"
+        return f"{self.seconds}s"
+
+
+def parse_duration(text: str, *, bare: str = "s") -> Duration:
+    """`<int>` (in the unit `bare`) or `<int>s|m|h|d`, any case."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"expected <int>{'' if bare == 's' else ' days'} or <int>s|m|h|d")
+    unit = match.group(2).lower() or bare
+    return Duration(int(match.group(1)) * _DURATION_UNITS[unit])
+
+
+def parse_keep_last(text: str) -> int | None:
+    """How many newest entries of each name a rule keeps; empty: no such rule."""
+    if not text.strip():
+        return None
+    return _positive_int(text)
+
+
+def parse_keep_days(text: str) -> Duration | None:
+    """How young an entry a rule keeps: `<int>` days or `<int>s|m|h|d`; empty: no rule."""
+    if not text.strip():
+        return None
+    duration = parse_duration(text, bare="d")
+    if not duration.seconds:
+        raise ValueError("must be more than 0 (unset it to keep entries of any age)")
+    return duration
+
+
+def parse_unreferenced_days(text: str) -> Duration | None:
+    """How long content stays unreferenced before collection; empty: never, 0: next run."""
+    return parse_duration(text, bare="d") if text.strip() else None
+
+
+def parse_interval(text: str) -> Duration:
+    """Time between two collections: `<int>` seconds or `<int>s|m|h|d`, at least 1 second."""
+    duration = parse_duration(text)
+    if not duration.seconds:
+        raise ValueError("must be at least 1 second")
+    return duration
+
+
+@dataclass(frozen=True)
+class TemplateKeep:
+    """Retention rules of one template (REPLICATE_<n>_KEEP_LAST / _KEEP_DAYS)."""
+
+    variable: str
+    keep_last: int | None
+    keep_days: Duration | None
 
 
 def parse_checksum_type(text: str) -> str:
@@ -252,6 +319,38 @@ SETTINGS: tuple[Setting, ...] = (
         "Free space kept on the store's disk: uploads that would go below it get 507.",
     ),
     Setting(
+        "BUCKETDAV_KEEP_LAST",
+        "keep_last",
+        "",
+        parse_keep_last,
+        "Retention: keep the N newest replicas of each name in each replica folder "
+        "(REPLICATE_<n>_KEEP_LAST per template); unset, no such rule.",
+    ),
+    Setting(
+        "BUCKETDAV_KEEP_DAYS",
+        "keep_days",
+        "",
+        parse_keep_days,
+        "Retention: keep replicas younger than D days (<int> days or <int>s|m|h|d; "
+        "REPLICATE_<n>_KEEP_DAYS per template); unset, no such rule.",
+    ),
+    Setting(
+        "BUCKETDAV_GC_UNREFERENCED_DAYS",
+        "gc_unreferenced",
+        "",
+        parse_unreferenced_days,
+        "Collect blobs and trees nothing refers to once unreferenced this long (<int> days or "
+        "<int>s|m|h|d; 0: at the next collection); unset, never.",
+    ),
+    Setting(
+        "BUCKETDAV_GC_INTERVAL",
+        "gc_interval",
+        "1h",
+        parse_interval,
+        "Time between the server's retention and collection runs when a rule is set "
+        "(<int> seconds or <int>s|m|h|d).",
+    ),
+    Setting(
         "BUCKETDAV_THREADS",
         "threads",
         "64",
@@ -381,13 +480,24 @@ class Settings:
     login_lockout: float
     node: str
     replicate: tuple[Template, ...] = field(default=())
+    keep_last: int | None = None
+    keep_days: Duration | None = None
+    gc_unreferenced: Duration | None = None
+    gc_interval: Duration = Duration(3600)
+    replicate_keep: tuple[TemplateKeep, ...] = field(default=())
+
+    @property
+    def collects(self) -> bool:
+        """True when any retention or collection rule is set (the server then runs them)."""
+        rules = (self.keep_last, self.keep_days, self.gc_unreferenced)
+        return any(rule is not None for rule in rules) or bool(self.replicate_keep)
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON-ready values, for GET /config (nothing here is secret)."""
         out: dict[str, Any] = {}
         for setting in SETTINGS:
             value = getattr(self, setting.attr)
-            if isinstance(value, Path | FreeSpace):
+            if isinstance(value, Path | FreeSpace | Duration):
                 value = str(value)
             elif setting.attr == "trusted_proxies":
                 value = [str(network) for network in value]
@@ -399,6 +509,9 @@ class Settings:
             {"variable": t.variable, "template": t.text, "headers": list(t.headers)}
             for t in self.replicate
         ]
+        for keep in self.replicate_keep:
+            out[f"{keep.variable}_KEEP_LAST"] = keep.keep_last
+            out[f"{keep.variable}_KEEP_DAYS"] = keep.keep_days and str(keep.keep_days)
         return out
 
 
@@ -426,7 +539,7 @@ def load_settings(
     merged: dict[str, str] = {}
     for source in (file_values or {}, environ, {k: v for k, v in (flags or {}).items() if v}):
         for name, value in source.items():
-            if name in _KNOWN or name in REPLICATE_NAMES:
+            if name in _KNOWN or name in REPLICATE_NAMES or name in REPLICATE_KEEP_NAMES:
                 merged[name] = str(value)
     kwargs: dict[str, Any] = {}
     for setting in SETTINGS:
@@ -443,7 +556,30 @@ def load_settings(
                 templates.append(parse_template(name, text))
             except TemplateError as exc:
                 raise SettingError(name, text, str(exc)) from None
-    return Settings(**kwargs, replicate=tuple(templates))
+    keep = _template_keep(merged, {t.variable for t in templates})
+    return Settings(**kwargs, replicate=tuple(templates), replicate_keep=keep)
+
+
+def _template_keep(merged: Mapping[str, str], defined: set[str]) -> tuple[TemplateKeep, ...]:
+    """The per-template retention rules; one for a template that is not set is an error."""
+    rules = []
+    for variable in REPLICATE_NAMES:
+        texts = {s: merged.get(variable + s, "").strip() for s in KEEP_SUFFIXES}
+        if not any(texts.values()):
+            continue
+        for suffix, text in texts.items():
+            if text and variable not in defined:
+                raise SettingError(variable + suffix, text, f"{variable} is not set")
+        try:
+            last = parse_keep_last(texts["_KEEP_LAST"])
+        except ValueError as exc:
+            raise SettingError(variable + "_KEEP_LAST", texts["_KEEP_LAST"], str(exc)) from None
+        try:
+            days = parse_keep_days(texts["_KEEP_DAYS"])
+        except ValueError as exc:
+            raise SettingError(variable + "_KEEP_DAYS", texts["_KEEP_DAYS"], str(exc)) from None
+        rules.append(TemplateKeep(variable, last, days))
+    return tuple(rules)
 
 
 _KNOWN = frozenset(s.name for s in SETTINGS)

@@ -199,12 +199,17 @@ def test_commit_new_fanout_folder_flushes_its_parent(store, recorder):
 
 def test_commit_existing_blob_flushes_only_the_way_down_to_it(store, recorder):
     # The upload that stored it may be between its link and its flush: its entries are ours
-    # too. The staged copy, dropped, needs no flush.
+    # too. The staged copy, dropped (its name becomes a link of the blob, which keeps the
+    # blob from collection while the upload runs), needs no flush.
     store.ingest([b"same bytes"])
     recorder.clear()
     blob = store.ingest([b"same bytes"])
     assert not blob.created
-    assert recorder.calls == [("fsync", folder) for folder in chain(blob_of(b"same bytes"))]
+    assert recorder.calls == [
+        ("link", "staging/up-*"),
+        ("replace", "staging/up-*"),
+        *[("fsync", folder) for folder in chain(blob_of(b"same bytes"))],
+    ]
 
 
 def test_commit_losing_the_link_race_flushes_the_twins_way_down(store, monkeypatch):
@@ -226,6 +231,8 @@ def test_commit_losing_the_link_race_flushes_the_twins_way_down(store, monkeypat
     assert recorder.calls == [
         ("fsync", "staging/up-*"),
         ("link", blob_of(b"raced bytes")),
+        ("link", "staging/up-*"),
+        ("replace", "staging/up-*"),
         *[("fsync", folder) for folder in chain(blob_of(b"raced bytes"))],
     ]
 

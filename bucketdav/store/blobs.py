@@ -26,6 +26,7 @@ from bucketdav.store.files import (
     remove_quietly,
     same_bytes,
 )
+from bucketdav.store.holds import shared
 from bucketdav.store.staging import StagedFile
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ STRONG_ALGORITHMS = frozenset(
 # Inodes an upload may need (staging file, fan-out folders, replica names); with fewer free,
 # uploads are refused and /healthz fails, as below the byte watermark.
 MIN_FREE_INODES = 32
+# Rounds of a link or rename that collection can undo under our feet (a folder it removed
+# as empty, a blob it took); each round that fails did so because collection acted.
+_ATTEMPTS = 8
 # Seconds another node's staging entry must be untouched before this node's start-up removes it.
 LEFTOVER_AGE = 24 * 3600
 
@@ -261,23 +265,28 @@ class Store:
 
         Called once `decompressed` is committed (flushed), so a note never names a blob that
         a crash could lose. Made in staging/ and renamed over whatever note is there (twins
-        write the same one; a damaged one is mended). It is not flushed: a note lost in a
-        crash costs one decompression.
+        write the same one; a damaged one is mended). It is flushed: it is also how a tree
+        remembers the compressed upload it came from, which collection keeps with the tree.
         """
         note = self.note_path(compressed)
         temp = self.staging / f"note-{uuid.uuid4().hex}"
         with disk_full_as_store_full():
             os.symlink(os.path.relpath(decompressed.path, note.parent), temp)
             try:
-                try:
-                    os.replace(temp, note)
-                except FileNotFoundError:
-                    note.parent.mkdir(parents=True, exist_ok=True)
+                for _ in range(_ATTEMPTS):
+                    try:
+                        os.replace(temp, note)
+                        break
+                    except FileNotFoundError:
+                        # Missing, or removed as empty by collection just now.
+                        make_folders(note.parent)
+                else:
                     os.replace(temp, note)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
+            fsync_up(note.parent, self.notes)
 
     def find_decompressed(self, compressed: str) -> Blob | None:
         """The blob noted as what `compressed` decompresses to, while stored (find_flushed)."""
@@ -294,7 +303,12 @@ class Store:
         ):
             log.warning("ignoring a note that is not a blob's path: %s", self.relative(note))
             return None
-        return self.find_flushed(digest)
+        found = self.find_flushed(digest)
+        if found is not None:
+            # The request that wrote the note may not have flushed it yet.
+            with disk_full_as_store_full(), contextlib.suppress(FileNotFoundError):
+                fsync_up(note.parent, self.notes)
+        return found
 
     # -- writing -----------------------------------------------------------------------
 
@@ -323,23 +337,60 @@ class Store:
     def commit(self, staged: StagedFile) -> Blob:
         """Flush the staged file and link it in as its blob; dedup, never substitute content.
 
-        Known content is not flushed (its staged copy is dropped); either way every folder
-        down to the blob is flushed before the caller answers.
+        Known content is not flushed (its staged copy is dropped, see _adopt); either way
+        every folder down to the blob is flushed before the caller answers.
         """
         digest = staged.hexdigest()
         dest = self.blob_path(digest)
         with disk_full_as_store_full():
-            created = not dest.exists() and _link_flushed(staged, dest)
-            if not created and not self.trusts_digest and not same_bytes(staged.path, dest):
-                log.error(
-                    "checksum collision: %s %s differs from the stored blob", self.algorithm, digest
-                )
-                raise ChecksumCollision(
-                    f"{self.algorithm} {digest} is already stored with different content; "
-                    "the stored blob is kept and this upload is refused"
-                )
+            # Collection may take a known blob between our look and our link: then this copy
+            # becomes the blob (and a twin may link its own first); a few rounds settle it.
+            for _ in range(_ATTEMPTS):
+                if not dest.exists() and _link_flushed(staged, dest):
+                    created = True
+                    break
+                if self._adopt(staged, dest):
+                    created = False
+                    break
+            else:
+                raise OSError(errno.EAGAIN, "the blob kept appearing and vanishing", str(dest))
             self.flush_way(dest)
         return Blob(digest, dest, staged.size, created=created)
+
+    def _adopt(self, staged: StagedFile, dest: Path) -> bool:
+        """Make the staged name a link of the stored blob `dest`; False when `dest` is gone.
+
+        The link keeps the blob from collection (which takes only blobs linked from nowhere
+        else) until the staged name goes at the end of the upload; the staged copy is dropped.
+        """
+        with shared(dest) as fd:
+            if fd is None:
+                return False
+            if not self.trusts_digest and not same_bytes(staged.path, dest):
+                log.error(
+                    "checksum collision: %s %s differs from the stored blob",
+                    self.algorithm,
+                    dest.name,
+                )
+                raise ChecksumCollision(
+                    f"{self.algorithm} {dest.name} is already stored with different content; "
+                    "the stored blob is kept and this upload is refused"
+                )
+            pin = staged.path.with_name(staged.path.name + ".pin")
+            try:
+                os.link(dest, pin)
+            except OSError as exc:
+                # A blob with all the links the file system allows is in no danger.
+                if exc.errno != errno.EMLINK:
+                    raise
+                return True
+            try:
+                os.replace(pin, staged.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(pin)
+                raise
+        return True
 
     def flush_way(self, path: Path) -> None:
         """Flush every folder from `path`'s own up to its tree (blob/ab/cd, blob/ab, blob/).
@@ -416,16 +467,41 @@ def _link_flushed(staged: StagedFile, dest: Path) -> bool:
 
     False when `dest` is there already (a twin upload linked the same content first).
     """
-    os.fsync(staged.fd)
-    os.close(staged.fd)
-    staged.fd = -1
-    os.chmod(staged.path, 0o444)
+    if staged.fd >= 0:
+        os.fsync(staged.fd)
+        os.close(staged.fd)
+        staged.fd = -1
+        os.chmod(staged.path, 0o444)
     try:
-        try:
-            os.link(staged.path, dest)
-        except FileNotFoundError:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.link(staged.path, dest)
+        link_making_folders(staged.path, dest)
     except FileExistsError:
         return False
     return True
+
+
+def link_making_folders(source: str | Path, dest: str | Path) -> None:
+    """os.link, making `dest`'s fan-out folders when missing.
+
+    Collection removes fan-out folders it leaves empty, possibly between our mkdir and our
+    link; a few rounds settle it.
+    """
+    for _ in range(_ATTEMPTS):
+        try:
+            os.link(source, dest)
+            return
+        except FileNotFoundError:
+            if not os.path.lexists(source):
+                raise
+            make_folders(os.path.dirname(dest))
+    os.link(source, dest)
+
+
+def make_folders(path: str | Path) -> None:
+    """mkdir -p, also when collection removes a parent it left empty between two mkdirs."""
+    for _ in range(_ATTEMPTS):
+        try:
+            os.makedirs(path, exist_ok=True)
+            return
+        except FileNotFoundError:
+            continue
+    os.makedirs(path, exist_ok=True)

@@ -43,6 +43,7 @@ from bucketdav.store.findings import (
     repaired_mode,
     staging_is_leftover,
 )
+from bucketdav.store.sources import check_sources
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Checker:
         blobs = self._walk_blobs()
         self._hash_blobs(blobs)
         self._settle_linked()
+        check_sources(self.store, self.report, full=self.full, repair=self.repair)
         return self.report
 
     def rel(self, path: str) -> str:

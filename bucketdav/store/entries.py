@@ -1,4 +1,7 @@
-"""Names of replica entries: `<stem>.<YYYYmmdd.HHMM>.<n><ext>` and their `latest` link."""
+"""Names of replica entries: `<stem>.<YYYYmmdd.HHMM>.<n><ext>` and their `latest` link.
+
+An entry's age and order come from its name alone, so they survive copies and restores.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 STAMP_FORMAT = "%Y%m%d.%H%M"
+# The extension is what uploads.naming.split_suffix gives: one `.suffix`, or a compressed tar's.
+_ENTRY_RE = re.compile(
+    r"(?P<stem>.+)\.(?P<stamp>\d{8}\.\d{4})\.(?P<index>\d+)"
+    r"(?P<ext>\.tar\.(?:gz|bz2|xz)|\.[^.]*)?",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -35,3 +44,45 @@ class Series:
 def stamp_of(moment: datetime) -> str:
     """The UTC minute of `moment` as it appears in replica names: `YYYYmmdd.HHMM`."""
     return moment.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+def stamp_moment(stamp: str) -> datetime | None:
+    """The UTC minute a `YYYYmmdd.HHMM` stamp names, or None when it is no real time."""
+    try:
+        return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A replica entry's name read apart: its series, stamp, index and the time it names."""
+
+    name: str
+    series: Series
+    stamp: str
+    index: int
+    moment: datetime
+
+    @property
+    def order(self) -> tuple[str, int]:
+        """Newer entries sort later: by stamp, then by index."""
+        return self.stamp, self.index
+
+
+def parse_entry(name: str) -> Entry | None:
+    """The entry `name` is (`<stem>.<YYYYmmdd.HHMM>.<n><ext>`), or None when it is not one.
+
+    The stem takes as much as it can, so a stem that holds a stamp of its own is still read
+    as the upload named it; a stamp that is no real time means the name is not an entry.
+    """
+    match = _ENTRY_RE.fullmatch(name)
+    if match is None:
+        return None
+    moment = stamp_moment(match.group("stamp"))
+    if moment is None or len(match.group("index")) > 9:
+        return None
+    series = Series(match.group("stem"), match.group("ext") or "")
+    if series.parse(name) is None:
+        return None
+    return Entry(name, series, match.group("stamp"), int(match.group("index")), moment)

@@ -30,6 +30,7 @@ KINDS = {
     "unlinked": "files in explode/ or replica/ that are not a link (or copy) of a blob",
     "symlink": "symlinks that dangle or lead outside where they belong",
     "latest": "latest links whose replica is missing",
+    "source": "trees without their archive's blob; notes (decompressed/) that are wrong",
     "leftover": "leftovers of an interrupted write (staging/, temporary latest links)",
     "mode": "wrong permissions (blobs not 0444, world-writable, setuid/setgid/sticky)",
 }

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bucketdav.store.blobs import Blob
+from bucketdav.store.holds import Holds
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Outcome:
     archive: Tree | None = None
     replicas: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # What the upload relies on, kept from collection: taken by unpack() (the first step),
+    # let go by replicate() (the last), or by whichever step fails.
+    holds: Holds = field(default_factory=Holds, repr=False, compare=False)
 
     @property
     def final(self) -> Path:

@@ -63,8 +63,21 @@ def replicate(
     """Make the replicas of `outcome` that `templates` ask for; fill `replicas` and `skipped`.
 
     `headers` are keyed by lower-case name. A template with a missing header, or a header
-    value that cannot be a name, is skipped with a message; only a full disk raises.
+    value that cannot be a name, is skipped with a message; only a full disk raises. This
+    is the upload's last step: what it held from collection is let go at the end.
     """
+    with outcome.holds:
+        _replicate(store, templates, headers, outcome, now=now)
+
+
+def _replicate(
+    store: Store,
+    templates: Sequence[Template],
+    headers: Mapping[str, str],
+    outcome: Outcome,
+    *,
+    now: Callable[[], datetime] | None,
+) -> None:
     if not templates:
         return
     clock = now or _utcnow
@@ -82,6 +95,10 @@ def replicate(
             log.info("replica skipped: %s: %s", label, exc)
             continue
         outcome.replicas.append(made)
+        if tree:
+            # A collection whose walk of replica/ passed this folder before the link was
+            # made must see the tree as used since (store/collect.py).
+            outcome.holds.touch(outcome.final)
         if note:
             outcome.skipped.append(f"{label}: {note}")
 

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from bucketdav.errors import UnsafeArchive
-from bucketdav.store.blobs import Blob, Store
+from bucketdav.errors import UnknownContent, UnsafeArchive
+from bucketdav.store.blobs import Blob, Store, make_folders
 from bucketdav.store.files import disk_full_as_store_full, fsync_up
+from bucketdav.store.holds import Holds, open_shared
 from bucketdav.uploads.archives.members import refuse
 from bucketdav.uploads.archives.readers import Member, malformed, tar_members, zip_members
 from bucketdav.uploads.archives.tree import TreeBuilder
@@ -28,6 +29,7 @@ READ_SIZE = 1 << 20
 HEAD_SIZE = 512
 COMPRESSED = ("gzip", "bzip2", "xz")
 ARCHIVES = ("tar", "zip")
+_ATTEMPTS = 8
 _TOO_BIG = "expands to more than BUCKETDAV_EXTRACT_MAX_BYTES ({} bytes)"
 _OPENERS: dict[str, Callable[[BinaryIO], IO[bytes]]] = {
     "gzip": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
@@ -68,6 +70,26 @@ def unpack(store: Store, outcome: Outcome, *, max_bytes: int, max_files: int) ->
     Raises UnsafeArchive (naming the member) when the content cannot be unpacked safely
     or within the bounds; the upload's blob is kept, and no partial tree is left.
     """
+    source = outcome.blob
+    holds = outcome.holds
+    try:
+        # Held until the upload is done, so collection leaves it alone (store/holds.py); it
+        # may be gone already when deployed by checksum.
+        if not holds.blob(source.path):
+            raise UnknownContent(
+                f"no content with {store.algorithm} {source.digest} (removed just now); "
+                "send the bytes"
+            )
+        _unpack(store, outcome, holds, max_bytes=max_bytes, max_files=max_files)
+    except BaseException:
+        # The steps after this one (replicate) let go when they end; these never come now.
+        holds.release()
+        raise
+
+
+def _unpack(
+    store: Store, outcome: Outcome, holds: Holds, *, max_bytes: int, max_files: int
+) -> None:
     name = outcome.filename
     source = outcome.blob
     kind = kind_of(source.path)
@@ -75,6 +97,8 @@ def unpack(store: Store, outcome: Outcome, *, max_bytes: int, max_files: int) ->
         # Known content was decompressed before: its note names the decompressed blob, and
         # through that the tree, so neither is made again.
         known = None if source.created else store.find_decompressed(source.digest)
+        if known is not None and not holds.blob(known.path):
+            known = None  # collected just now: decompressed again
         if known is not None and known.size > max_bytes:
             raise refuse(name, _TOO_BIG.format(max_bytes), what="compressed file")
         outcome.decompressed = known
@@ -87,12 +111,12 @@ def unpack(store: Store, outcome: Outcome, *, max_bytes: int, max_files: int) ->
                         inflation, outcome, max_bytes=max_bytes, max_files=max_files
                     )
                     return
-                outcome.decompressed = inflation.commit()
+                outcome.decompressed = inflation.commit(holds)
         source = outcome.decompressed
         kind = kind_of(source.path)
     if kind in ARCHIVES:
         outcome.archive = extract(
-            store, source, kind, max_bytes=max_bytes, max_files=max_files, name=name
+            store, source, kind, max_bytes=max_bytes, max_files=max_files, name=name, holds=holds
         )
 
 
@@ -180,10 +204,16 @@ class Inflation:
         if self.error is not None:
             raise self.error
 
-    def commit(self) -> Blob:
-        """The decompressed blob, once it is whole; noted as what the compressed blob gives."""
+    def commit(self, holds: Holds) -> Blob:
+        """The decompressed blob, once it is whole; noted as what the compressed blob gives.
+
+        Held in `holds` for the rest of the upload: the staged name that keeps it from
+        collection goes when the decompression ends.
+        """
         self.wait()
         decompressed = self.store.commit(self.staged)
+        if not holds.blob(decompressed.path):
+            raise OSError(errno.ENOENT, "a blob vanished while linked", str(decompressed.path))
         self.store.remember_decompressed(self.blob.digest, decompressed)
         return decompressed
 
@@ -200,23 +230,41 @@ def _extract_inflating(
     members = tar_members(inflation.path, inflation.name, follow=inflation.follow)
 
     def finish() -> Blob:
-        outcome.decompressed = inflation.commit()
+        outcome.decompressed = inflation.commit(outcome.holds)
         return outcome.decompressed
 
     try:
-        return _extract(inflation.store, members, finish, max_bytes=max_bytes, max_files=max_files)
+        return _extract(
+            inflation.store,
+            members,
+            finish,
+            max_bytes=max_bytes,
+            max_files=max_files,
+            holds=outcome.holds,
+        )
     except UnsafeArchive:
         if outcome.decompressed is None:
-            outcome.decompressed = inflation.commit()
+            outcome.decompressed = inflation.commit(outcome.holds)
         raise
 
 
 def extract(
-    store: Store, blob: Blob, kind: str, *, max_bytes: int, max_files: int, name: str
+    store: Store,
+    blob: Blob,
+    kind: str,
+    *,
+    max_bytes: int,
+    max_files: int,
+    name: str,
+    holds: Holds | None = None,
 ) -> Tree:
-    """The tree of the tar or zip `blob`: an existing one, or one built now and renamed in."""
+    """The tree of the tar or zip `blob`: an existing one, or one built now and renamed in.
+
+    Either is held in `holds` (store/holds.py); a tree collected just now is built again.
+    """
+    holds = holds if holds is not None else Holds()
     final = store.tree_path(blob.digest)
-    if final.is_dir():
+    if final.is_dir() and holds.tree(final):
         # The upload that published it may not have flushed its way down yet.
         with disk_full_as_store_full():
             store.flush_way(final)
@@ -226,7 +274,9 @@ def extract(
         if kind == "tar"
         else zip_members(blob.path, name, max_files=max_files)
     )
-    return _extract(store, members, lambda: blob, max_bytes=max_bytes, max_files=max_files)
+    return _extract(
+        store, members, lambda: blob, max_bytes=max_bytes, max_files=max_files, holds=holds
+    )
 
 
 def _extract(
@@ -236,6 +286,7 @@ def _extract(
     *,
     max_bytes: int,
     max_files: int,
+    holds: Holds,
 ) -> Tree:
     """Build the tree of `members` in staging/ and rename it in under the archive's digest.
 
@@ -248,7 +299,7 @@ def _extract(
         builder.build(members)
         blob = finish()
         final = store.tree_path(blob.digest)
-        created = publish(root, final)
+        created = publish(root, final, holds=holds)
     if not created:
         log.info(
             "archive %s=%s was extracted meanwhile; using that tree", store.algorithm, blob.digest
@@ -257,23 +308,50 @@ def _extract(
     return Tree(blob.digest, final, builder.files, created=True)
 
 
-def publish(root: Path, final: Path) -> bool:
+def publish(root: Path, final: Path, *, holds: Holds | None = None) -> bool:
     """Rename the finished tree into place; False when the same tree got there first.
 
     Either way the answer names `final`: its entry and those of its fan-out folders are
-    flushed, up to explode/, also when the upload that won has not flushed them yet.
+    flushed, up to explode/, also when the upload that won has not flushed them yet; and
+    it is held in `holds`, from before it appears, so collection never takes it meanwhile.
     """
+    holds = holds if holds is not None else Holds()
     with disk_full_as_store_full():
-        final.parent.mkdir(parents=True, exist_ok=True)
+        ours = open_shared(root, directory=True)
+        if ours is None:
+            raise OSError(errno.ENOENT, "the tree being built vanished", str(root))
+        try:
+            created = _rename_in(root, final, holds)
+        except BaseException:
+            os.close(ours)
+            raise
+        if created:
+            holds.adopt(final, ours)
+        else:
+            os.close(ours)
+        fsync_up(final.parent, final.parents[2])
+    return created
+
+
+def _rename_in(root: Path, final: Path, holds: Holds) -> bool:
+    """Rename `root` to `final`, or hold the tree already there; True when ours went in.
+
+    Collection may remove the fan-out folders (left empty) or the tree that won, between
+    our steps; each round that fails did so because it acted.
+    """
+    for _ in range(_ATTEMPTS):
+        make_folders(final.parent)
         try:
             os.rename(root, final)
-            created = True
+            return True
+        except FileNotFoundError:
+            continue
         except OSError as exc:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
-            created = False
-        fsync_up(final.parent, final.parents[2])
-    return created
+        if holds.tree(final):
+            return False
+    raise OSError(errno.EAGAIN, "the tree kept appearing and vanishing", str(final))
 
 
 def count_files(tree: Path) -> int:

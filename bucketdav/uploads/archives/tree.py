@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bucketdav.errors import ChecksumCollision, UnsafeArchive
-from bucketdav.store.blobs import Store
+from bucketdav.store.blobs import Store, make_folders
 from bucketdav.store.files import disk_full_as_store_full, same_bytes
+from bucketdav.store.holds import shared
 from bucketdav.uploads.archives.members import (
     Kind,
     Layout,
@@ -35,6 +36,9 @@ _REFUSED_KINDS = frozenset({Kind.DEVICE, Kind.FIFO, Kind.SOCKET, Kind.OTHER})
 # request's thread: worker threads measured slower, each system call of theirs waiting
 # for the interpreter lock that the parsing thread holds.
 _SMALL_FILE = 1 << 20
+# Rounds of a link that collection can undo under our feet (a blob it took, a folder it
+# removed as empty); each failed round means collection acted meanwhile.
+_ATTEMPTS = 8
 
 
 class _File:
@@ -248,33 +252,50 @@ class TreeBuilder:
     def _link_blob(self, numbered: tuple[int, _File]) -> None:
         index, record = numbered
         blob = record.blob = self._blob_of(record.digest)
-        try:
-            _link_making_parent(record.path, blob)
-            return
-        except FileExistsError:
-            pass
-        if not self.store.trusts_digest and not same_bytes(Path(record.path), Path(blob)):
-            log.error(
-                "checksum collision: %s %s in an archive differs from the stored blob",
-                self.store.algorithm,
-                record.digest,
-            )
-            raise ChecksumCollision(
-                f"{self.store.algorithm} {record.digest} is already stored with different "
-                "content; the stored blob is kept and this archive is not extracted"
-            )
-        if blob in self.saturated:
-            return
-        swap = f"{self.root}.swap{index}"
-        try:
-            os.link(blob, swap)
-        except OSError as exc:
-            if exc.errno != errno.EMLINK:
-                raise
-            # The blob has all the links the file system allows; ours stays, a copy.
-            self.saturated.add(blob)
-            return
-        os.replace(swap, record.path)
+        # Collection may take a stored blob between our look and our link: then our file
+        # becomes the blob (or a twin's does); a few rounds settle it.
+        for _ in range(_ATTEMPTS):
+            try:
+                _link_making_parent(record.path, blob)
+                return
+            except FileExistsError:
+                pass
+            if self._share(index, record, blob):
+                return
+        raise OSError(errno.EAGAIN, "the blob kept appearing and vanishing", blob)
+
+    def _share(self, index: int, record: _File, blob: str) -> bool:
+        """Make our file the stored blob's inode (or keep it, a copy, past EMLINK).
+
+        False when the blob is gone: under its shared lock, collection cannot take it
+        between our check and our link (store/holds.py).
+        """
+        with shared(blob) as held:
+            if held is None:
+                return False
+            if not self.store.trusts_digest and not same_bytes(Path(record.path), Path(blob)):
+                log.error(
+                    "checksum collision: %s %s in an archive differs from the stored blob",
+                    self.store.algorithm,
+                    record.digest,
+                )
+                raise ChecksumCollision(
+                    f"{self.store.algorithm} {record.digest} is already stored with different "
+                    "content; the stored blob is kept and this archive is not extracted"
+                )
+            if blob in self.saturated:
+                return True
+            swap = f"{self.root}.swap{index}"
+            try:
+                os.link(blob, swap)
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    raise
+                # The blob has all the links the file system allows; ours stays, a copy.
+                self.saturated.add(blob)
+                return True
+            os.replace(swap, record.path)
+        return True
 
     def _place(self, link: tuple[str, _File]) -> None:
         """Another name of a file: a link of its blob, or a copy once the blob has EMLINK."""
@@ -293,11 +314,14 @@ class TreeBuilder:
 
 
 def _link_making_parent(source: str, dest: str) -> None:
-    try:
-        os.link(source, dest)
-    except FileNotFoundError:
-        _make_dir(os.path.dirname(dest))
-        os.link(source, dest)
+    # Collection removes fan-out folders it leaves empty, maybe between our mkdir and link.
+    for _ in range(_ATTEMPTS):
+        try:
+            os.link(source, dest)
+            return
+        except FileNotFoundError:
+            _make_dir(os.path.dirname(dest))
+    os.link(source, dest)
 
 
 def _make_dir(path: str) -> None:
@@ -311,7 +335,7 @@ def _make_dir(path: str) -> None:
     except FileExistsError:
         pass
     except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
+        make_folders(path)
 
 
 def syncfs(path: str | Path) -> None:
