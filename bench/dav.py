@@ -213,6 +213,14 @@ def start(server: Server, root: Path, work: Path) -> None:
     raise RuntimeError(f"{server.name} did not start")
 
 
+def cpu_seconds(server: Server) -> float:
+    """User and system CPU time the server's process has used (its own process only)."""
+    if server.proc is None:
+        return 0.0
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(server: Server) -> None:
     if server.proc and server.proc.poll() is None:
         server.proc.terminate()
@@ -345,6 +353,9 @@ def main() -> int:
         and (not args.metrics or name.startswith(("GET 4 KiB", "PROPFIND 100 ")))
     }
     results: dict[str, dict[str, list[float]]] = {name: {} for name in loads}
+    # With --metrics: the server's CPU microseconds per request, which other load on the
+    # machine disturbs less than the request rate does.
+    cpu: dict[str, dict[str, list[float]]] = {name: {} for name in loads}
     first: dict[str, dict[str, float]] = {name: {} for name in loads}
     try:
         for server in peers:
@@ -356,7 +367,13 @@ def main() -> int:
             for round_no in range(args.rounds):
                 order = peers if round_no % 2 == 0 else peers[::-1]
                 for server in order:
-                    results[name].setdefault(server.name, []).append(run(server))
+                    used = cpu_seconds(server)
+                    rate = run(server)
+                    used = cpu_seconds(server) - used
+                    results[name].setdefault(server.name, []).append(rate)
+                    if name.endswith("(req/s)"):
+                        per_request = used / (rate * args.seconds) * 1e6
+                        cpu[name].setdefault(server.name, []).append(per_request)
             print(f"  done: {name}", flush=True)
     finally:
         for server in peers:
@@ -372,6 +389,14 @@ def main() -> int:
                 f"{srv} {value:,.3f}{ratio}" if better == "low" else f"{srv} {value:,.0f}{ratio}"
             )
         print(f"{name}: " + ", ".join(cells))
+        if args.metrics and cpu[name]:
+            used = {srv: statistics.median(vals) for srv, vals in cpu[name].items()}
+            ratio = used["metrics-off"] / used["bucketdav"]
+            print(
+                "    server CPU per request: "
+                + ", ".join(f"{srv} {value:,.0f} us" for srv, value in used.items())
+                + f" (requests per CPU second x{ratio:.2f})"
+            )
         print(
             "    first run: "
             + ", ".join(

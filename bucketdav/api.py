@@ -291,10 +291,11 @@ class Api:
         blob = self.store.find_flushed(digest)
         if blob is None:
             raise UnknownContent(f"no content with {self.store.algorithm} {digest}; send the bytes")
-        log.info("deploy by checksum %s=%s", self.store.algorithm, digest)
-        return self._finish(blob, name, headers)
+        return self._finish(blob, name, headers, deployed=True)
 
-    def _finish(self, blob: Blob, raw_name: str, headers: dict[str, str]) -> str:
+    def _finish(
+        self, blob: Blob, raw_name: str, headers: dict[str, str], *, deployed: bool = False
+    ) -> str:
         outcome = process(
             self.store,
             self.settings,
@@ -304,7 +305,9 @@ class Api:
             metrics=self.metrics,
         )
         # Said on the request's access-log line: one line per request.
-        bottle.request.environ[UPLOAD] = upload_facts(outcome, self.store.algorithm)
+        bottle.request.environ[UPLOAD] = upload_facts(
+            outcome, self.store.algorithm, deployed=deployed
+        )
         return _json(
             describe(
                 outcome,

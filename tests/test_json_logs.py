@@ -216,3 +216,18 @@ def test_access_log_names_the_identity_when_known(json_log, caplog):
     else:
         assert '"GET /x?token=REDACTED HTTP/1.0" 200 2 ' in record.getMessage()
         assert record.getMessage().endswith(" identity=alice")
+
+
+def test_json_logs_deploy_by_checksum_is_said_on_its_one_line(json_server):
+    data = f"{uuid.uuid4()}\n".encode()
+    assert json_server.upload("first.txt", data).status == 200
+    response = json_server.upload(
+        "again.txt", b"", headers={"X-Checksum-Deploy": "true", "X-Checksum": md5(data)}
+    )
+    assert response.status == 200
+    text = json_server.settled_log()
+    rid = response.headers["X-Request-Id"]
+    lines = [line for line in json_lines(text) if rid in str(line) or "deploy by" in str(line)]
+    assert len(lines) == 1
+    assert lines[0]["checksum"] == md5(data)
+    assert (lines[0]["made"], lines[0]["deployed"], lines[0]["bytes_in"]) == ([], True, 0)

@@ -20,7 +20,7 @@ import pytest
 import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bucketdav.observe.metrics import Metrics, route_kind
+from bucketdav.observe.metrics import FOLD_AT, Metrics, route_kind
 from bucketdav.observe.totals import count_store
 from bucketdav.server import make_app
 from bucketdav.store.blobs import Store
@@ -411,3 +411,29 @@ def test_metrics_grafana_dashboard_uses_only_metrics_that_exist(store_root):
     used = {name for expr in exprs for name in re.findall(r"bucketdav_[a-z_]+", expr)}
     assert len(used) > 20
     assert used - names == set()
+
+
+def test_metrics_requests_from_many_threads_are_all_counted_and_the_queue_stays_bounded(
+    store_root,
+):
+    metrics = Metrics(Store(store_root, "md5"))
+    longest = []
+
+    def answer() -> None:
+        for _ in range(2_000):
+            next(metrics.begun)
+            metrics.request("GET", "dav_get", "200", 0.001, received=0, sent=10)
+        longest.append(len(metrics.answered))
+
+    threads = [threading.Thread(target=answer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert max(longest) < 2 * FOLD_AT  # not 16,000: full queues are folded
+    found = samples(metrics.exposition().decode())
+    labels = {"method": "GET", "route": "dav_get", "status": "200"}
+    assert value(found, "bucketdav_http_requests_total", **labels) == 16_000
+    assert value(found, "bucketdav_http_sent_bytes_total", route="dav_get") == 160_000
+    assert value(found, "bucketdav_http_request_duration_seconds_count", route="dav_get") == 16_000
+    assert value(found, "bucketdav_http_requests_in_flight") == 0

@@ -259,7 +259,7 @@ def test_upload_page_deploys_known_content_by_checksum(live_server_factory, open
     assert "deployed by checksum, no bytes sent" in row.inner_text()
     assert digest in row.inner_text()
     log = server.settled_log()
-    assert f"deploy by checksum {algorithm}={digest}" in log
+    assert f"{algorithm}={digest} size={len(data)} made=- replicas=0 deployed=true" in log
     assert f'"HEAD /checksum/{digest} HTTP/1.1" 200' in log
     assert len(re.findall(r'"PUT /upload/again\.bin HTTP/1\.1" 200', log)) == 1
 

@@ -41,8 +41,8 @@ def redact_query(query: str) -> str:
     return _SECRET_PARAM.sub(r"\1\2=REDACTED", query)
 
 
-def upload_facts(outcome: Outcome, algorithm: str) -> dict[str, Any]:
-    """What an upload's access line says: its checksum, size and what it made."""
+def upload_facts(outcome: Outcome, algorithm: str, *, deployed: bool = False) -> dict[str, Any]:
+    """What an upload's access line says: its checksum, size, what it made, if deployed."""
     made = []
     if outcome.blob.created:
         made.append("blob")
@@ -59,6 +59,7 @@ def upload_facts(outcome: Outcome, algorithm: str) -> dict[str, Any]:
         "archive": outcome.archive and outcome.archive.digest,
         "files": outcome.archive.files if outcome.archive else None,
         "replicas": len(outcome.replicas),
+        "deployed": deployed,
     }
 
 
@@ -74,6 +75,8 @@ def upload_text(facts: dict[str, Any]) -> str:
     if facts["archive"]:
         words.append(f"archive={facts['archive']} files={facts['files']}")
     words.append(f"replicas={facts['replicas']}")
+    if facts["deployed"]:
+        words.append("deployed=true")
     return " ".join(words)
 
 

@@ -210,15 +210,22 @@ class Metrics:
         self.answered.append((method, route, status, seconds, received, sent))
         # Only once noted: a scrape that sees no other request in flight counts them all.
         next(self.ended)
-        if len(self.answered) >= FOLD_AT:
-            self.fold()
+        # One request thread folds a full queue; the others go on (it is being emptied).
+        if len(self.answered) >= FOLD_AT and self.folding.acquire(blocking=False):
+            try:
+                self._fold()
+            finally:
+                self.folding.release()
 
     def fold(self) -> None:
         """Count the requests noted since the last fold."""
         with self.folding:
-            answered = self.answered
-            for _ in range(len(answered)):
-                self._count(*answered.popleft())
+            self._fold()
+
+    def _fold(self) -> None:
+        answered = self.answered
+        for _ in range(len(answered)):
+            self._count(*answered.popleft())
 
     def _count(
         self, method: str, route: str, status: str, seconds: float, received: int, sent: int
