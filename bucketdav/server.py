@@ -598,7 +598,9 @@ def serve(settings: Settings) -> None:
         log.warning("%s", warning)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    collection = start_periodic(store, settings)
+    collection = start_periodic(
+        store, settings, on_report=metrics.collected if metrics is not None else None
+    )
     try:
         server.serve()
     except KeyboardInterrupt:

@@ -437,3 +437,22 @@ def test_metrics_requests_from_many_threads_are_all_counted_and_the_queue_stays_
     assert value(found, "bucketdav_http_sent_bytes_total", route="dav_get") == 160_000
     assert value(found, "bucketdav_http_request_duration_seconds_count", route="dav_get") == 16_000
     assert value(found, "bucketdav_http_requests_in_flight") == 0
+
+
+def test_metrics_the_server_s_collection_runs_are_counted(live_server_factory):
+    server = live_server_factory(
+        REPLICATE_0="team/${Team}", BUCKETDAV_KEEP_LAST="1", BUCKETDAV_GC_INTERVAL="1"
+    )
+    for index in range(3):
+        response = server.upload("a.txt", f"version {index}\n".encode(), headers={"Team": "x"})
+        assert response.status == 200
+    removed = ("bucketdav_gc_removed_total", frozenset({("kind", "replicas")}))
+    deadline = time.monotonic() + 20
+    while (found := scrape(server)[0]).get(removed, 0) < 2:
+        assert time.monotonic() < deadline, "no collection removed the two older replicas"
+        time.sleep(0.2)
+    assert found[removed] == 2
+    assert value(found, "bucketdav_gc_runs_total", outcome="success") >= 1
+    assert value(found, "bucketdav_gc_runs_total", outcome="failure") == 0
+    assert value(found, "bucketdav_gc_freed_bytes_total") == 0  # replicas are hard links
+    assert time.time() - value(found, "bucketdav_gc_last_success_timestamp_seconds") < 30

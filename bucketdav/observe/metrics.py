@@ -28,6 +28,7 @@ from bucketdav.observe.totals import StoreCount
 if TYPE_CHECKING:
     from bucketdav.settings import Settings
     from bucketdav.store.blobs import Store
+    from bucketdav.store.collect import Report
     from bucketdav.uploads.outcome import Outcome
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -267,13 +268,8 @@ class Metrics:
         if outcome.replicas:
             self.replicas.inc(len(outcome.replicas))
 
-    def collected(self, report: Any) -> None:
-        """Record one retention and collection run from its report.
-
-        The report says whether it ended well (`success`), how long it took (`seconds`), how
-        many replica entries, trees and blobs went (`entries`, `trees`, `blobs`) and the bytes
-        freed (`bytes_freed`).
-        """
+    def collected(self, report: Report) -> None:
+        """Record one retention and collection run (the periodic runner's callback)."""
         success = bool(report.success)
         self.gc_runs.labels("success" if success else "failure").inc()
         for kind, count in zip(GC_KINDS, (report.entries, report.trees, report.blobs), strict=True):
