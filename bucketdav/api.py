@@ -374,12 +374,15 @@ def _extra_algorithms(expected: list[tuple[str, str, str]], store: Store) -> set
 
 
 def _headers() -> dict[str, str]:
-    """Request headers by lower-case name, values decoded as UTF-8 with bad bytes kept."""
+    """Request headers by lower-case name, values decoded as UTF-8 with bad bytes kept.
+
+    Credentials are left out: no replication template can file them into a path.
+    """
     environ = bottle.request.environ
     headers = {
         key[5:].replace("_", "-").lower(): utf8_name(value)
         for key, value in environ.items()
-        if key.startswith("HTTP_") and isinstance(value, str)
+        if key.startswith("HTTP_") and isinstance(value, str) and key != "HTTP_AUTHORIZATION"
     }
     for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
         if environ.get(key):

@@ -485,11 +485,12 @@ def _connection_class(watch: HeadWatch) -> type[cheroot_server.HTTPConnection]:
             # handing the connection to Cheroot's selector and back to a worker costs two
             # thread switches per request, the larger part of a small GET.
             if not self.shaken:
-                # TLS shakes hands here, not in the accepting thread, within the head's time.
                 self.shaken = True
-                with watch.watching(self.socket):
-                    if not handshake(self.socket):
-                        return False
+                if self.server.ssl_adapter is not None:
+                    # TLS shakes hands here, not in the accepting thread, within the head's time.
+                    with watch.watching(self.socket):
+                        if not handshake(self.socket):
+                            return False
             while super().communicate():
                 if not (self.server.ready and _next_request_soon(self)):
                     return True

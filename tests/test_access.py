@@ -398,3 +398,31 @@ def test_connect_recipes_pass_credentials_with_access_control():
     shown = {r.key: r for r in recipes("http://h:1", user="x'; rm -rf /")}
     assert "--webdav-user USER " in shown["rclone"].commands[1]
     assert "webdav-user" not in " ".join(c for r in recipes("http://h:1") for c in r.commands)
+
+
+# -- the access file on disk ----------------------------------------------------------------
+
+
+def test_access_file_read_again_when_changed_and_kept_when_gone_or_broken(tmp_path, caplog):
+    from bucketdav.access.middleware import AccessFile
+
+    path = tmp_path / "access.toml"
+    path.write_text('[anonymous]\nread = ["/a/"]\n')
+    clock = [0.0]
+    source = AccessFile(path, clock=lambda: clock[0])
+    assert source.current().rules.anonymous.read == ("/a/",)
+    path.write_text('[anonymous]\nread = ["/b/"]\n')
+    assert source.current().rules.anonymous.read == ("/a/",)  # looked at once a second
+    clock[0] = 1.5
+    assert source.current().rules.anonymous.read == ("/b/",)
+    path.unlink()
+    for moment in (3.0, 4.5):
+        clock[0] = moment
+        assert source.current().rules.anonymous.read == ("/b/",)
+    path.write_text("[anonymous\n")
+    clock[0] = 6.0
+    assert source.current().rules.anonymous.read == ("/b/",)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2
+    assert "is gone; the rules before stay" in errors[0]
+    assert "line 1: " in errors[1] and "the rules before stay" in errors[1]

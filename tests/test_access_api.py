@@ -289,3 +289,15 @@ def test_access_api_open_server_is_unchanged(client):
     assert "WWW-Authenticate" not in resp.headers
     assert client.put("/upload/a.txt", b"a", headers=ALICE).status_int == 200
     assert json.loads(client.get("/config").text)["BUCKETDAV_ACCESS_FILE"] is None
+
+
+def test_access_api_credentials_are_never_filed_by_a_template(make_client, store_root, tmp_path):
+    access = tmp_path / "access.toml"
+    access.write_text(access_text())
+    client = make_client(
+        BUCKETDAV_ACCESS_FILE=str(access), REPLICATE_0="cred/${Authorization}/${Team}"
+    )
+    resp = client.put("/upload/a.txt", b"a", headers={**ALICE, "Team": "x"})
+    assert resp.json["path"]["replicas"] is None
+    assert "missing header Authorization" in resp.json["skipped"][0]
+    assert not (store_root / "replica" / "cred").exists()

@@ -49,7 +49,7 @@ class AccessFile:
         if stamp is None:
             raise SettingError("BUCKETDAV_ACCESS_FILE", str(path), "cannot read it")
         self.verifier = self._load()
-        self._seen = stamp
+        self._seen: tuple[int, int, int] | None = stamp
         self._next = clock() + CHECK_SECONDS
 
     def current(self) -> Verifier:
@@ -84,9 +84,12 @@ class AccessFile:
 
     def _reload(self) -> None:
         stamp = self._stamp()
-        if stamp is None or stamp == self._seen:
+        if stamp == self._seen:
             return
         self._seen = stamp
+        if stamp is None:
+            log.error("the access file %s is gone; the rules before stay", self.path)
+            return
         try:
             verifier = self._load()
         except SettingError as exc:
