@@ -8,11 +8,16 @@ connections, wrk), GET of a 1 GiB file (curl), GET of a 4 KiB file (16 connectio
 
 With --metrics, bucketdav runs twice instead, with metrics on and with BUCKETDAV_METRICS=off,
 over the two hot paths (GET 4 KiB, PROPFIND 100 files): the ratio is what metrics cost.
+
+With --access, bucketdav runs twice instead, open and with an access file, every request of
+the second sending HTTP Basic as a mounted drive does, over all four workloads: the ratio is
+what access control costs (verified credentials are remembered, so no hash per request).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import os
 import re
@@ -91,12 +96,28 @@ class Server:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # Request headers every request to this server sends (credentials, with --access).
+    headers: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+# A person's credentials, as a mounted drive sends them with every request.
+BENCH_CREDENTIALS = base64.b64encode(b"bench:bench password").decode()
+
+
+def access_file(work: Path) -> Path:
+    """An access file in which only the user `bench` may read, with a realistic bcrypt cost."""
+    import bcrypt
+
+    path = work / "access.toml"
+    hashed = bcrypt.hashpw(b"bench password", bcrypt.gensalt(12)).decode()
+    path.write_text(f'[users.bench]\npassword = "{hashed}"\nread = ["/"]\n')
+    return path
 
 
 def free_port() -> int:
@@ -150,11 +171,22 @@ def build_store(root: Path) -> Layout:
     return Layout(f"{rel}/many/", f"{rel}/hundred/", f"{rel}/big.bin", f"{rel}/small.bin")
 
 
-def servers(root: Path, work: Path, *, metrics: bool = False) -> list[Server]:
-    """Every server that can run here, each on its own port (bucketdav twice with `metrics`)."""
+def servers(root: Path, work: Path, *, metrics: bool = False, access: bool = False) -> list[Server]:
+    """Every server that can run here, each on its own port (bucketdav twice with `metrics`
+    or `access`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKETDAV_", "ARCHIVE_"))}
     ours = [sys.executable, "-m", "bucketdav", "serve", "--port", "{port}"]
     store = {"ARCHIVE_DIR": str(root), "BUCKETDAV_MIN_FREE": "0"}
+    if access:
+        return [
+            Server("bucketdav", ours, {**env, **store}),
+            Server(
+                "basic",
+                ours,
+                {**env, **store, "BUCKETDAV_ACCESS_FILE": str(access_file(work))},
+                headers=[f"Authorization: Basic {BENCH_CREDENTIALS}"],
+            ),
+        ]
     if metrics:
         return [
             Server("bucketdav", ours, {**env, **store, "BUCKETDAV_METRICS": "on"}),
@@ -252,10 +284,11 @@ def curl(args: list[str]) -> tuple[float, float, int]:
     return float(seconds), float(speed), int(status)
 
 
-def wrk(url: str, script: Path, seconds: int) -> float:
+def wrk(url: str, script: Path, seconds: int, headers: list[str] | None = None) -> float:
     """Requests per second over 16 connections; refuses a run with errors."""
+    sent = [arg for header in headers or [] for arg in ("-H", header)]
     done = subprocess.run(
-        ["wrk", "-t2", "-c16", f"-d{seconds}s", "-s", str(script), url],
+        ["wrk", "-t2", "-c16", f"-d{seconds}s", "-s", str(script), *sent, url],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -296,6 +329,7 @@ def workloads(
                     "Content-Type: application/xml",
                     "--data-binary",
                     f"@{body}",
+                    *[arg for header in server.headers for arg in ("-H", header)],
                     server.url + layout.many,
                 ]
             )
@@ -307,7 +341,8 @@ def workloads(
     def get_big(server: Server) -> float:
         speeds = []
         for _ in range(3):
-            _elapsed, speed, status = curl([server.url + layout.big])
+            sent = [arg for header in server.headers for arg in ("-H", header)]
+            _elapsed, speed, status = curl([*sent, server.url + layout.big])
             if status != 200:
                 raise RuntimeError(f"{server.name}: GET answered {status}")
             speeds.append(speed / 1e6)
@@ -317,10 +352,13 @@ def workloads(
         "PROPFIND 10k files (s, lower is better)": ("low", propfind_many),
         "PROPFIND 100 files x16 (req/s)": (
             "high",
-            lambda s: wrk(s.url + layout.hundred, propfind_lua, seconds),
+            lambda s: wrk(s.url + layout.hundred, propfind_lua, seconds, s.headers),
         ),
         "GET 1 GiB (MB/s)": ("high", get_big),
-        "GET 4 KiB x16 (req/s)": ("high", lambda s: wrk(s.url + layout.small, get_lua, seconds)),
+        "GET 4 KiB x16 (req/s)": (
+            "high",
+            lambda s: wrk(s.url + layout.small, get_lua, seconds, s.headers),
+        ),
     }
 
 
@@ -332,6 +370,11 @@ def main() -> int:
     parser.add_argument("--only", default="", help="run the workloads whose name holds this")
     parser.add_argument(
         "--metrics", action="store_true", help="bucketdav with metrics on against metrics off"
+    )
+    parser.add_argument(
+        "--access",
+        action="store_true",
+        help="bucketdav with an access file and Basic on every request against open",
     )
     args = parser.parse_args()
     for tool in ("curl", "wrk"):
@@ -345,7 +388,7 @@ def main() -> int:
     work.mkdir(exist_ok=True)
     print(f"building the store in {root} ...", flush=True)
     layout = build_store(root)
-    peers = servers(root, work, metrics=args.metrics)
+    peers = servers(root, work, metrics=args.metrics, access=args.access)
     loads = {
         name: load
         for name, load in workloads(layout, work, args.seconds).items()
@@ -389,6 +432,10 @@ def main() -> int:
                 f"{srv} {value:,.3f}{ratio}" if better == "low" else f"{srv} {value:,.0f}{ratio}"
             )
         print(f"{name}: " + ", ".join(cells))
+        if args.access:
+            basic = medians["basic"]
+            speed = ours / basic if better == "low" else basic / ours
+            print(f"    with Basic on every request: x{speed:.2f} of the open server's rate")
         if args.metrics and cpu[name]:
             used = {srv: statistics.median(vals) for srv, vals in cpu[name].items()}
             ratio = used["metrics-off"] / used["bucketdav"]
