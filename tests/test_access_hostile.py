@@ -150,9 +150,9 @@ def test_access_hostile_a_token_cannot_file_outside_its_prefix_through_header_va
 def test_access_hostile_wrong_token_wrong_user_and_wrong_password_take_the_same_time(
     live_server_factory, tmp_path
 ):
-    # A password hash that takes long enough (cost 8, ~15 ms) to stand above the noise.
+    # A password hash that takes long enough (cost 10, ~60 ms) to stand above the noise.
     access = tmp_path / "access.toml"
-    alice = bcrypt.hashpw(b"right", bcrypt.gensalt(8)).decode()
+    alice = bcrypt.hashpw(b"right", bcrypt.gensalt(10)).decode()
     access.write_text(
         f'[users.alice]\npassword = "{alice}"\nread = ["/"]\n\n'
         f'[tokens.ci]\nhash = "sha256:{sha("right-token")}"\nread = ["/"]\n'
@@ -169,7 +169,7 @@ def test_access_hostile_wrong_token_wrong_user_and_wrong_password_take_the_same_
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     conn = server.connection()
     try:
-        for _ in range(15):
+        for _ in range(9):
             for kind, headers in kinds.items():
                 started = time.perf_counter()
                 conn.request("GET", "/config", headers=headers)
@@ -181,7 +181,7 @@ def test_access_hostile_wrong_token_wrong_user_and_wrong_password_take_the_same_
         conn.close()
     medians = {kind: statistics.median(values) for kind, values in times.items()}
     assert max(medians.values()) < 1.5 * min(medians.values()), medians
-    assert min(medians.values()) > 0.005, medians  # each did cost a hash
+    assert min(medians.values()) > 0.02, medians  # each did cost a hash
 
 
 def test_access_hostile_brute_force_is_locked_out_and_costs_little(live_server_factory, tmp_path):
