@@ -67,6 +67,25 @@ def test_parse_template_refuses_malformed_naming_the_segment(text, named):
     assert named in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("plain/only", "needs at least one ${Header-Name} token"),
+        ("user//${A}", "segment '(empty)' is neither a plain name nor one ${Header-Name} token"),
+        ("x" * 201 + "/${A}", f"segment {'x' * 20!r}... is longer than 200 bytes"),
+    ],
+)
+def test_parse_template_messages_are_exact(text, message):
+    with pytest.raises(TemplateError) as caught:
+        parse_template("REPLICATE_0", text)
+    assert str(caught.value) == message
+
+
+def test_parse_template_longest_plain_segment_is_the_bound():
+    template = parse_template("REPLICATE_0", "x" * MAX_SEGMENT_BYTES + "/${A}")
+    assert template.segments[0] == (False, "x" * MAX_SEGMENT_BYTES)
+
+
 def test_render_template_matches_headers_case_insensitively():
     assert render("user/${UserName}/${topic}", {"username": "bob", "topic": "demo"}) == [
         "user",
@@ -78,6 +97,11 @@ def test_render_template_matches_headers_case_insensitively():
 def test_render_template_underscore_header_matches_its_wsgi_spelling():
     # WSGI gives `User_Name` and `User-Name` the same key; the API sees `user-name`.
     assert render("u/${User_Name}", {"user-name": "q"}) == ["u", "q"]
+
+
+def test_render_template_underscore_header_matches_a_key_spelled_as_written():
+    assert render("u/${User_Name}", {"user_name": "q"}) == ["u", "q"]
+    assert render("u/${User_Name}", {"user_name": "q", "user-name": "other"}) == ["u", "q"]
 
 
 def test_render_template_partial_match_names_every_missing_header():
