@@ -301,3 +301,16 @@ def test_access_api_credentials_are_never_filed_by_a_template(make_client, store
     assert resp.json["path"]["replicas"] is None
     assert "missing header Authorization" in resp.json["skipped"][0]
     assert not (store_root / "replica" / "cred").exists()
+
+
+def test_access_api_sign_in_link_asks_only_those_without_credentials(team, client):
+    anonymous = team.get("/replica/").text
+    assert 'href="?sign-in"' in anonymous
+    assert 'href="?sign-in"' not in team.get("/replica/", headers=BOB).text
+    asked = team.get("/replica/?sign-in", expect_errors=True)
+    assert asked.status_int == 401
+    assert asked.headers["WWW-Authenticate"] == 'Basic realm="bucketdav"'
+    signed_in = team.get("/replica/?sign-in", headers=BOB)
+    assert "team/" in signed_in.text
+    assert team.get("/replica/?sign-inx").status_int == 200
+    assert 'href="?sign-in"' not in client.get("/").text

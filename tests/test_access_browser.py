@@ -100,3 +100,17 @@ def test_access_browser_without_credentials_is_asked_for_them(browser, team):
         assert "hello.latest.txt" in page.locator("#listing").inner_text()
     finally:
         context.close()
+
+
+def test_access_browser_sign_in_link_brings_the_prompt(browser, team):
+    page = signed_in(browser, "bob", BOB_PW)
+    try:
+        # Nothing asks for credentials here: the browser sees what anyone may.
+        assert page.goto(team.url + "replica/").status == 200
+        assert page.locator("#listing td.name a").all_inner_texts() == ["public/"]
+        page.get_by_role("link", name="Sign in").click()
+        page.wait_for_url("**/replica/?sign-in")
+        assert page.locator("#listing td.name a").all_inner_texts() == ["public/", "team/"]
+        assert page.get_by_role("link", name="Sign in").count() == 0
+    finally:
+        page.context.close()

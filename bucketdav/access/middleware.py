@@ -136,6 +136,15 @@ class Guard:
         header = environ.get("HTTP_AUTHORIZATION")
         if header is None:
             identity = verifier.rules.anonymous
+            if _asks_to_sign_in(environ.get("QUERY_STRING", "")):
+                # A browser shows what anyone may see without asking; this link makes it ask.
+                return _refuse(
+                    environ,
+                    start_response,
+                    401,
+                    "sign in with a name and password (or any name and a token)",
+                    reason="sign-in asked",
+                )
         else:
             address = client_address(environ, self.proxies)
             left = self.lockout.locked(address)
@@ -213,6 +222,13 @@ def _refuse(
         headers.append(("WWW-Authenticate", CHALLENGE))
     start_response(_STATUS[code], headers)
     return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def _asks_to_sign_in(query: str) -> bool:
+    """True when the query has a `sign-in` parameter (a listing's Sign in link)."""
+    return "sign-in" in query and any(
+        part.partition("=")[0] == "sign-in" for part in query.split("&")
+    )
 
 
 def _decoded(raw: str) -> str:

@@ -409,7 +409,10 @@ class DavApp:
             for child in children
         ]
         page = listing.render_listing(
-            path=node.path.rstrip("/") + "/", entries=entries, upload_url="/upload"
+            path=node.path.rstrip("/") + "/",
+            entries=entries,
+            upload_url="/upload",
+            sign_in=identity is not None and not identity.known,
         ).encode("utf-8")
         start_response(
             "200 OK",

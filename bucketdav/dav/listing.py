@@ -111,11 +111,18 @@ def _row(entry: Entry) -> str:
 
 
 def render_listing(
-    *, path: str, entries: list[Entry], upload_url: str = "/upload", algorithm: str | None = None
+    *,
+    path: str,
+    entries: list[Entry],
+    upload_url: str = "/upload",
+    algorithm: str | None = None,
+    sign_in: bool = False,
 ) -> str:
     """A full HTML page listing `entries` of the folder at `path` (a decoded URL path).
 
-    `algorithm` (CHECKSUM_TYPE) names the checksums in the column heading when given.
+    `algorithm` (CHECKSUM_TYPE) names the checksums in the column heading when given. With
+    `sign_in` (access control on, no credentials sent) the page links to itself with
+    `?sign-in`, which asks the browser for a name and password.
     """
     crumbs = breadcrumb(path)
     trail = "".join(
@@ -169,6 +176,7 @@ def render_listing(
 <nav aria-label="Actions" class="actions">
 <a href="{_href(upload_url)}">Upload files</a>
 <a href="/connect">Connect a drive</a>
+{'<a href="?sign-in">Sign in</a>' if sign_in else ""}
 </nav>
 </header>
 <main>
