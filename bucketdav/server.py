@@ -100,7 +100,7 @@ def with_headers_and_log(
         }
         environ[REQUEST_ID] = rid = request_id(environ)
         if metrics is not None:
-            next(metrics.begun)
+            metrics.begin()
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             seen["status"] = status.split(" ", 1)[0]

@@ -20,7 +20,8 @@ import pytest
 import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bucketdav.observe.metrics import FOLD_AT, Metrics, route_kind
+from bucketdav.observe.metrics import Metrics, route_kind
+from bucketdav.observe.requests import FOLD_AT
 from bucketdav.observe.totals import count_store
 from bucketdav.server import make_app
 from bucketdav.store.blobs import Store
@@ -421,9 +422,9 @@ def test_metrics_requests_from_many_threads_are_all_counted_and_the_queue_stays_
 
     def answer() -> None:
         for _ in range(2_000):
-            next(metrics.begun)
+            metrics.begin()
             metrics.request("GET", "dav_get", "200", 0.001, received=0, sent=10)
-        longest.append(len(metrics.answered))
+        longest.append(len(metrics.answers.answered))
 
     threads = [threading.Thread(target=answer) for _ in range(8)]
     for thread in threads:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import collections
-import itertools
 import os
-import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -23,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bucketdav.observe.requests import UPLOAD_METHODS, RequestCounts
 from bucketdav.observe.totals import StoreCount
 
 if TYPE_CHECKING:
@@ -40,19 +38,8 @@ DAV_ROUTES = {
     "PROPFIND": "dav_propfind",
     "OPTIONS": "dav_options",
 }
-# Methods shown by name; any other (a client may send anything) is `other`.
-METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PROPFIND", "PROPPATCH", "MKCOL"}
-    | {"COPY", "MOVE", "LOCK", "UNLOCK", "PATCH"}
-)
-UPLOAD_METHODS = frozenset({"PUT", "POST"})
 # What retention and collection remove: replica entries, trees, blobs.
 GC_KINDS = ("replicas", "trees", "blobs")
-# Answered requests waiting to be counted, at most: folding them takes a few milliseconds.
-FOLD_AT = 2048
-# From a small GET (a millisecond) to a large upload or a folder download (minutes).
-REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-REQUEST_BUCKETS += (60, 300)
 EXTRACTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -86,31 +73,6 @@ class Metrics:
         self.totals = StoreCount(store)
         self.server: Any = None
         reg = self.registry
-        self.requests = Counter(
-            "bucketdav_http_requests",
-            "HTTP requests answered, by method, route kind and status code.",
-            ["method", "route", "status"],
-            registry=reg,
-        )
-        self.duration = Histogram(
-            "bucketdav_http_request_duration_seconds",
-            "Time from a request's arrival to the end of its answer, by route kind.",
-            ["route"],
-            buckets=REQUEST_BUCKETS,
-            registry=reg,
-        )
-        self.received = Counter(
-            "bucketdav_http_received_bytes",
-            "Request body bytes read, by route kind.",
-            ["route"],
-            registry=reg,
-        )
-        self.sent = Counter(
-            "bucketdav_http_sent_bytes",
-            "Response body bytes sent, by route kind.",
-            ["route"],
-            registry=reg,
-        )
         self.uploads = Counter(
             "bucketdav_uploads",
             "Uploads (and deploys by checksum) by outcome: new content, deduplicated, refused.",
@@ -166,21 +128,9 @@ class Metrics:
             self.gc_runs.labels(outcome)
         for kind in GC_KINDS:
             self.gc_removed.labels(kind)
+        self.answers = RequestCounts(on_refused_upload=self.uploads.labels("refused").inc)
         reg.register(_Live(self))
         ProcessCollector(registry=reg)
-        # Label children by (method, route, status): a dict look-up instead of labels() each time.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
-        # Request threads take no lock: each answered request is one append (atomic), folded
-        # into the counters above by whoever scrapes, or by the request that fills the queue.
-        # Metric locks taken by 64 threads at once cost a tenth of a small GET's rate.
-        self.answered: collections.deque[tuple[str, str, str, float, int, int]] = (
-            collections.deque()
-        )
-        self.folding = threading.Lock()
-        # Requests begun and ended, counted without a lock (next() is atomic); each scrape
-        # takes one number from both, so their difference stays the requests in flight.
-        self.begun = itertools.count()
-        self.ended = itertools.count()
 
     def watch(self, server: Any) -> None:
         """Report the worker threads and queue of this Cheroot server."""
@@ -192,10 +142,15 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format."""
-        self.fold()
+        # First, so that the uploads refused since the last scrape are in this one.
+        self.answers.fold()
         return generate_latest(self.registry)
 
     # -- counting --------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Note a request's arrival (request threads; no lock)."""
+        self.answers.begin()
 
     def request(
         self,
@@ -207,51 +162,8 @@ class Metrics:
         received: int,
         sent: int,
     ) -> None:
-        """Note one answered request (its end: next(begun) marked its start)."""
-        self.answered.append((method, route, status, seconds, received, sent))
-        # Only once noted: a scrape that sees no other request in flight counts them all.
-        next(self.ended)
-        # One request thread folds a full queue; the others go on (it is being emptied).
-        if len(self.answered) >= FOLD_AT and self.folding.acquire(blocking=False):
-            try:
-                self._fold()
-            finally:
-                self.folding.release()
-
-    def fold(self) -> None:
-        """Count the requests noted since the last fold."""
-        with self.folding:
-            self._fold()
-
-    def _fold(self) -> None:
-        answered = self.answered
-        for _ in range(len(answered)):
-            self._count(*answered.popleft())
-
-    def _count(
-        self, method: str, route: str, status: str, seconds: float, received: int, sent: int
-    ) -> None:
-        """Count one answered request; `method` and `status` as they came, bounded here."""
-        if method not in METHODS:
-            method = "other"
-        key = (method, route, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(method, route, status if _is_status(status) else "-"),
-                self.duration.labels(route),
-                self.received.labels(route),
-                self.sent.labels(route),
-            )
-        count, duration, received_bytes, sent_bytes = children
-        count.inc()
-        duration.observe(seconds)
-        if received:
-            received_bytes.inc(received)
-        if sent:
-            sent_bytes.inc(sent)
-        if route == "upload" and status[:1] in ("4", "5") and method in UPLOAD_METHODS:
-            self.uploads.labels("refused").inc()
+        """Note an answered request (request threads; no lock): counted when scraped."""
+        self.answers.end(method, route, status, seconds, received, sent)
 
     def archive(self, seconds: float, *, refused: bool) -> None:
         """Count an archive or compressed file unpacked (new content) or refused."""
@@ -289,10 +201,6 @@ def metrics_for(settings: Settings, store: Store) -> Metrics | None:
     return Metrics(store, node=settings.node)
 
 
-def _is_status(text: str) -> bool:
-    return len(text) == 3 and text.isdigit()
-
-
 class _Live(Collector):
     """What is read when scraped: free space (one statvfs), the workers, the store totals."""
 
@@ -325,13 +233,7 @@ class _Live(Collector):
                     "store_free_inodes", "Free inodes on the store's file system.", stat.f_favail
                 )
                 yield _gauge("store_inodes", "Inodes of the store's file system.", stat.f_files)
-        # Each scrape takes one number from both counters: the difference is unchanged.
-        in_flight = next(self.metrics.begun) - next(self.metrics.ended)
-        yield _gauge(
-            "http_requests_in_flight",
-            "Requests being answered now (their answer not yet fully sent).",
-            max(0, in_flight),
-        )
+        yield from self.metrics.answers.collect()
         yield from self.metrics.totals.collect()
         if self.metrics.gc_last is not None:
             yield _gauge(
