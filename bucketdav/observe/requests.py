@@ -63,8 +63,10 @@ class RequestCounts:
         self.answered.append((method, route, status, seconds, received, sent))
         # Only once noted: a scrape that sees no other request in flight counts them all.
         next(self.ended)
-        # One request thread folds a full queue; the others go on (it is being emptied).
-        if len(self.answered) >= FOLD_AT and self.folding.acquire(blocking=False):
+        # One request thread folds a full queue; the others go on (it is being emptied),
+        # unless it keeps growing while being folded: then they wait for it, which bounds it.
+        waiting = len(self.answered)
+        if waiting >= FOLD_AT and self.folding.acquire(blocking=waiting >= FOLD_AT * 3 // 2):
             try:
                 self._fold()
             finally:
