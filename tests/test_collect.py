@@ -23,9 +23,10 @@ from bucketdav.store import blobs as blobs_module
 from bucketdav.store import holds as holds_module
 from bucketdav.store.blobs import Store
 from bucketdav.store.check import check_store
-from bucketdav.store.collect import Collector, Report
+from bucketdav.store.collect import Collector
 from bucketdav.store.commands import run_rm
 from bucketdav.store.entries import parse_entry
+from bucketdav.store.gcreport import Report
 from bucketdav.store.retention import DAY
 from bucketdav.uploads.archives import tree as tree_module
 
@@ -584,6 +585,7 @@ def until_settled(root: Path) -> None:
     raise AssertionError("collection did not settle in 6 runs")
 
 
+@pytest.mark.slow
 def test_crash_at_every_step_of_a_collection_leaves_a_clean_store(make_client, store_root):
     client = make_client(**TEAM)
     upload_series(client, "b.tgz", [tar_gz({"m": b"one"}), tar_gz({"m": b"two"})])

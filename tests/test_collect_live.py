@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import LiveServer, require_tool
 from helpers import tar_gz
 
@@ -65,6 +66,7 @@ def test_server_without_rules_runs_no_collection(live_server_factory):
     assert not (server.root / "gc").exists()
 
 
+@pytest.mark.client
 def test_webdav_and_rclone_listings_show_what_gc_left(live_server_factory, tmp_path):
     rclone = require_tool("rclone")
     server = live_server_factory(**TEAM)

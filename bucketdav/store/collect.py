@@ -22,15 +22,14 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from bucketdav.errors import StoreFull
 from bucketdav.settings import Duration, Settings
 from bucketdav.store.blobs import Blob, Store
 from bucketdav.store.expire import Removed, apply_retention
 from bucketdav.store.files import remove_tree
+from bucketdav.store.gcreport import Report
 from bucketdav.store.references import (
     Doomed,
     Snapshot,
@@ -54,76 +53,6 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 class Stopped(Exception):
     """The run was asked to stop (the server is shutting down); it stops between batches."""
-
-
-@dataclass
-class Report:
-    """What one run removed (or, dry, would remove), how long it took, and whether it ended."""
-
-    dry_run: bool
-    removed: list[Removed] = field(default_factory=list)
-    notes: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    success: bool = True
-    error: str | None = None
-    rules: bool = True
-
-    def count(self, kind: str) -> int:
-        """How many paths of `kind` ("entry", "tree", "blob") went."""
-        return sum(1 for r in self.removed if r.kind == kind)
-
-    @property
-    def entries(self) -> int:
-        """Replica entries removed."""
-        return self.count("entry")
-
-    @property
-    def trees(self) -> int:
-        """Trees removed."""
-        return self.count("tree")
-
-    @property
-    def blobs(self) -> int:
-        """Blobs removed."""
-        return self.count("blob")
-
-    @property
-    def bytes_freed(self) -> int:
-        """Bytes the removed paths held alone (a tree's files are its blobs', freed later)."""
-        return sum(r.size for r in self.removed)
-
-    def as_json(self) -> dict[str, Any]:
-        """The report for scripts (`bucketdav gc --json`)."""
-        return {
-            "dry_run": self.dry_run,
-            "removed": [
-                {"path": r.path, "kind": r.kind, "bytes": r.size, "why": r.why}
-                for r in self.removed
-            ],
-            "count": len(self.removed),
-            "bytes": self.bytes_freed,
-            "entries": self.entries,
-            "trees": self.trees,
-            "blobs": self.blobs,
-            "notes": self.notes,
-            "skipped": self.skipped,
-            "seconds": round(self.seconds, 3),
-            "success": self.success,
-            "error": self.error,
-        }
-
-    def summary(self) -> str:
-        """One line: counts, bytes and time."""
-        verb = "would remove" if self.dry_run else "removed"
-        text = (
-            f"{verb} {len(self.removed)} paths, {self.bytes_freed} bytes "
-            f"({self.entries} replica entries, {self.trees} trees, {self.blobs} blobs) "
-            f"in {self.seconds:.2f} s"
-        )
-        if self.skipped:
-            text += f"; {self.skipped} left for the next run (in use or changed)"
-        return text
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -335,8 +264,10 @@ class Collector:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None  # an upload holds it
+            except OSError:
+                # An upload holds it (EWOULDBLOCK), or the file system will not lock it for
+                # us (NFS wants a file open for writing): either way it is not ours to take.
+                return None
             if not self._still_unreferenced(fan, fd, item, cutoff):
                 return None
             if noted:
@@ -433,13 +364,19 @@ class _Busy(Exception):
 
 
 def _prune(folders: set[tuple[str, str, str]]) -> None:
-    """rmdir each top/ab/cd, then top/ab, when empty (rmdir refuses otherwise)."""
+    """rmdir each top/ab/cd when empty, then top/ab when that emptied it (rmdir refuses else).
+
+    (top, ab, "") stands for top/ab alone.
+    """
     for top, first, second in sorted(folders):
-        fd = _open_folder(top, (first,)) if second else None
-        if fd is not None:
+        if second:
+            fd = _open_folder(top, (first,))
+            if fd is None:
+                continue
             try:
-                with contextlib.suppress(OSError):
-                    os.rmdir(second, dir_fd=fd)
+                os.rmdir(second, dir_fd=fd)
+            except OSError:
+                continue  # not empty (or gone): top/ab is not empty either
             finally:
                 os.close(fd)
         fd = _open_folder(top, ())

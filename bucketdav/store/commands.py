@@ -8,8 +8,9 @@ from typing import TextIO
 
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Store
-from bucketdav.store.collect import Collector, Report
+from bucketdav.store.collect import Collector
 from bucketdav.store.expire import RefusedPath, Removed, parse_rm_path, remove_entries
+from bucketdav.store.gcreport import Report
 
 _RULES = (
     "BUCKETDAV_KEEP_LAST, BUCKETDAV_KEEP_DAYS, REPLICATE_<n>_KEEP_LAST/_KEEP_DAYS, "

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from bucketdav.settings import Settings
 from bucketdav.store.blobs import Store
-from bucketdav.store.collect import Collector, Report, Stopped
+from bucketdav.store.collect import Collector, Stopped
+from bucketdav.store.gcreport import Report
 
 log = logging.getLogger(__name__)
 
