@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bucketdav.errors import UnsafeArchive
-from bucketdav.uploads.archives.members import Kind, Layout, check_symlink_text
+from bucketdav.uploads.archives.members import Kind, Layout, check_symlink_text, member_path, shown
 
 KEPT = "; nothing was extracted (the uploaded file is kept as its blob)"
 
@@ -67,3 +67,108 @@ def test_layout_resolve_refusal_names_the_link_asked_about():
         str(caught.value)
         == f"archive member 'a/out' is a link that points outside the archive{KEPT}"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("plain é 名", "plain é 名"),
+        ("a\nb", "a\\nb"),
+        ("x" * 300, "x" * 300),
+        ("x" * 301, "x" * 300 + "…"),
+        ("\x01" * 100, "\\x01" * 75 + "…"),
+    ],
+)
+def test_shown_escapes_and_bounds_a_name(name, text):
+    assert shown(name) == text
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "has an empty name"),
+        ("a\x00b", "has a NUL byte in its name"),
+        ("/etc/passwd", "is an absolute path"),
+        ("..\\x", "has a backslash in its name"),
+        ("a/../b", "climbs out with '..'"),
+        ("x" * 256, "has a path segment longer than 255 bytes"),
+    ],
+)
+def test_member_path_refusals_are_exact(name, reason):
+    with pytest.raises(UnsafeArchive) as caught:
+        member_path(name)
+    assert str(caught.value) == f"archive member '{shown(name)}' {reason}{KEPT}"
+
+
+def test_member_path_segment_of_255_bytes_is_kept():
+    assert member_path("d/" + "x" * 255) == ("d", "x" * 255)
+    assert member_path("é" * 127 + "x") == ("é" * 127 + "x",)
+
+
+def test_layout_add_below_a_file_names_both_members():
+    layout = Layout()
+    layout.add(("a", "b"), Kind.FILE, "a/b")
+    with pytest.raises(UnsafeArchive) as caught:
+        layout.add(("a", "b", "c", "d"), Kind.FILE, "a/b/c/d")
+    reason = "needs 'a/b' as a directory, but member 'a/b' made it a file"
+    assert str(caught.value) == f"archive member 'a/b/c/d' {reason}{KEPT}"
+
+
+@pytest.mark.parametrize(
+    ("target", "place"),
+    [
+        ("d//f", (("d", "f"), 0)),
+        ("./d/./f", (("d", "f"), 0)),
+        ("d/", (("d",), 0)),
+        ("d/f/x/..", (("d", "f"), 0)),
+    ],
+)
+def test_layout_resolve_skips_empty_and_dot_segments(target, place):
+    layout = Layout()
+    layout.add(("d", "f"), Kind.FILE, "d/f")
+    layout.add(("l",), Kind.SYMLINK, "l", target=target)
+    assert layout.resolve(("l",)) == place
+
+
+def chain(layout: Layout, length: int) -> None:
+    """`start` -> l0 -> l1 … -> l<length-1> -> d/f, `start` added first."""
+    layout.add(("d", "f"), Kind.FILE, "d/f")
+    layout.add(("start",), Kind.SYMLINK, "start", target="l0")
+    for index in range(length):
+        target = f"l{index + 1}" if index + 1 < length else "d/f"
+        layout.add((f"l{index}",), Kind.SYMLINK, f"l{index}", target=target)
+
+
+def test_layout_check_symlinks_from_the_head_of_a_chain_allows_40_and_refuses_41():
+    allowed = Layout()
+    chain(allowed, 40)
+    allowed.check_symlinks()
+    refused = Layout()
+    chain(refused, 41)
+    with pytest.raises(UnsafeArchive, match="chain of more than 40 links") as caught:
+        refused.check_symlinks()
+    assert caught.value.member == "start"
+
+
+def test_layout_chain_of_a_thousand_links_is_refused_without_deep_recursion():
+    layout = Layout()
+    chain(layout, 1000)
+    with pytest.raises(UnsafeArchive, match="chain of more than 40 links"):
+        layout.check_symlinks()
+
+
+@pytest.mark.parametrize(("links", "refused"), [(40, False), (41, True)])
+def test_layout_links_followed_in_one_target_add_up(links, refused):
+    # Each link is cheap on its own; one target going through 41 of them is too many.
+    layout = Layout()
+    layout.add(("d",), Kind.DIR, "d")
+    for index in range(links):
+        layout.add((f"a{index}",), Kind.SYMLINK, f"a{index}", target="d")
+    target = "/".join(f"a{index}/.." for index in range(links)) + "/d"
+    layout.add(("l",), Kind.SYMLINK, "l", target=target)
+    if refused:
+        with pytest.raises(UnsafeArchive, match="chain of more than 40 links"):
+            layout.check_symlinks()
+    else:
+        layout.check_symlinks()
+        assert layout.resolve(("l",)) == (("d",), 0)
