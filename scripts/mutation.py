@@ -49,6 +49,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_archives_api.py",
     ),
     "bucketdav/uploads/receive.py": (
+        "tests/test_receive.py",
         "tests/test_api.py",
         "tests/test_deploy.py",
         "tests/test_protocol.py",
