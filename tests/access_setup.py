@@ -26,9 +26,11 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def team_access(*, cost: int = 4, bob_reads: str = "/replica/team/nightly/") -> str:
+def team_access(
+    *, cost: int = 4, bob_reads: str = "/replica/team/nightly/", old_uploads: bool = False
+) -> str:
     """An access file: anonymous reads public/, alice does everything, bob reads one folder,
-    the nightly token files under team/nightly/, an old token has expired."""
+    the nightly token files under team/nightly/, an old token (may upload) has expired."""
     alice = bcrypt.hashpw(ALICE_PW.encode(), bcrypt.gensalt(cost)).decode()
     bob = bcrypt.hashpw(BOB_PW.encode(), bcrypt.gensalt(cost)).decode()
     return f"""
@@ -53,6 +55,7 @@ replicas = ["team/nightly/"]
 [tokens.old]
 hash = "sha256:{sha(OLD_TOKEN)}"
 read = ["/"]
+upload = {str(old_uploads).lower()}
 expires = 2020-06-30
 """
 

@@ -2,60 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 
-import bcrypt
 import pytest
+from access_setup import ALICE_PW, BOB_PW, OLD_TOKEN, TEMPLATES, TOKEN, basic, sha, team_access
 from defusedxml.ElementTree import fromstring
 from helpers import files_under, multipart_body, tar_gz
 
-ALICE_PW = "alice correct horse"
-BOB_PW = "bob battery staple"
-TOKEN = "tok-nightly-5f2a9c0e7b1d4e3f"  # noqa: S105 - a test token
-OLD_TOKEN = "tok-old-000111222333444"  # noqa: S105 - a test token
 PROPFIND = b'<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>'
-TEMPLATES = {"REPLICATE_0": "team/${Team}", "REPLICATE_1": "public/${Public}"}
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def access_text() -> str:
-    alice = bcrypt.hashpw(ALICE_PW.encode(), bcrypt.gensalt(4)).decode()
-    bob = bcrypt.hashpw(BOB_PW.encode(), bcrypt.gensalt(4)).decode()
-    return f"""
-[anonymous]
-read = ["/replica/public/"]
-
-[users.alice]
-password = "{alice}"
-read = ["/"]
-upload = true
-metrics = true
-
-[users.bob]
-password = "{bob}"
-read = ["/replica/team/nightly/"]
-
-[tokens.nightly]
-hash = "sha256:{sha(TOKEN)}"
-upload = true
-replicas = ["team/nightly/"]
-
-[tokens.old]
-hash = "sha256:{sha(OLD_TOKEN)}"
-read = ["/"]
-upload = true
-expires = 2020-06-30
-"""
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {raw}"}
 
 
 ALICE = basic("alice", ALICE_PW)
@@ -69,7 +23,7 @@ EXPIRED = basic("ci", OLD_TOKEN)
 def team(make_client, tmp_path):
     """A guarded app and a store holding a public file, a nightly build and another team's."""
     access = tmp_path / "access.toml"
-    access.write_text(access_text())
+    access.write_text(team_access(old_uploads=True))
     client = make_client(BUCKETDAV_ACCESS_FILE=str(access), **TEMPLATES)
     archive = tar_gz({"build/notes.txt": b"nightly notes\n"})
     made = {}
@@ -293,7 +247,7 @@ def test_access_api_open_server_is_unchanged(client):
 
 def test_access_api_credentials_are_never_filed_by_a_template(make_client, store_root, tmp_path):
     access = tmp_path / "access.toml"
-    access.write_text(access_text())
+    access.write_text(team_access(old_uploads=True))
     client = make_client(
         BUCKETDAV_ACCESS_FILE=str(access), REPLICATE_0="cred/${Authorization}/${Team}"
     )
