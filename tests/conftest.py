@@ -39,6 +39,21 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium (the Debian package, driven by Playwright) for a test module."""
+    path = require_tool("chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 def make_settings(root: Path, **env: str) -> Settings:
     """Settings for a store at `root`, with extra variables as the environment would give them."""
     return load_settings(environ={"ARCHIVE_DIR": str(root), "BUCKETDAV_MIN_FREE": "0", **env})

@@ -18,25 +18,12 @@ from urllib.parse import quote, urlsplit
 import pytest
 from helpers import md5, tar_gz
 
-from tests.conftest import LiveServer, require_tool
+from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 HOSTILE = "<img src=x onerror=alert(1)>.txt"
 WAIT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium (the Debian package) for the whole module."""
-    path = require_tool("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 class Tab:
