@@ -161,13 +161,19 @@ def request_text(text: str) -> str:
 
 
 def utf8_text(text: str) -> str:
-    """WSGI's latin-1 string as the UTF-8 text it carries (bad bytes replaced)."""
+    """WSGI's latin-1 string as the UTF-8 text it carries (bad bytes replaced), cut to
+    LOGGED_TEXT characters: a client chooses its length, and every line is kept a while."""
+    cut = len(text) - LOGGED_TEXT
+    if cut > 0:
+        text = text[:LOGGED_TEXT]
     if not text.isascii():
         with contextlib.suppress(UnicodeEncodeError):
             text = text.encode("latin-1").decode("utf-8", "replace")
-    return text
+    return f"{text}...({cut} more)" if cut > 0 else text
 
 
+# Characters of a path or query written to the log at most.
+LOGGED_TEXT = 2048
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

@@ -229,6 +229,15 @@ def test_access_log_escapes_what_could_forge_a_line(live_server):
     )
 
 
+def test_access_log_cuts_a_long_path_to_a_bounded_line(live_server):
+    marker = uuid.uuid4().hex
+    path = f"/blob/{marker}/" + "x" * 60_000
+    assert live_server.request("GET", path).status == 404
+    (line,) = lines_with(live_server.settled_log(), marker)
+    assert len(line) < 2_300
+    assert f'...({len(path) - 2048} more) HTTP/1.1" 404 ' in line
+
+
 def test_access_log_invalid_utf8_path_is_logged_with_replacement_characters(live_server):
     marker = uuid.uuid4().hex
     assert live_server.request("GET", f"/blob/{marker}/%FF%C3").status == 404
