@@ -1,0 +1,93 @@
+"""Building an archive's tree at its edges: hard-link refusals, vanished blobs, EMLINK."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from test_archives import D, F, H, run, tar_bytes
+
+from bucketdav.errors import UnsafeArchive
+from bucketdav.store.blobs import Store
+from bucketdav.uploads.archives import tree
+
+KEPT = "; nothing was extracted (the uploaded file is kept as its blob)"
+
+
+@pytest.fixture
+def store(store_root: Path) -> Store:
+    """An opened md5 store: digests are not trusted, bytes are compared."""
+    opened = Store(store_root, "md5")
+    opened.open()
+    return opened
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()  # noqa: S324 - the store's default checksum
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([H("h", ".")], "is a hard link to '.', which is not an earlier member"),
+        ([D("d"), H("h", "d")], "is a hard link to a directory"),
+        ([F("a"), F("h"), H("h", "a")], "appears twice in the archive (as a file and as a file)"),
+    ],
+)
+def test_tree_hard_link_refusals_are_exact(store, members, reason):
+    with pytest.raises(UnsafeArchive) as caught:
+        run(store, tar_bytes(members), "links.tar")
+    assert str(caught.value) == f"archive member 'h' {reason}{KEPT}"
+
+
+def test_tree_hard_link_made_file_is_named_when_a_member_needs_it_as_a_folder(store):
+    with pytest.raises(UnsafeArchive) as caught:
+        run(store, tar_bytes([F("a"), H("h", "a"), F("h/x")]), "links.tar")
+    reason = "needs 'h' as a directory, but member 'h' made it a file"
+    assert str(caught.value) == f"archive member 'h/x' {reason}{KEPT}"
+
+
+def test_tree_blob_gone_while_sharing_is_linked_again(store, monkeypatch):
+    # Collection took the stored blob between our failed link and our look (shared() finds
+    # nothing): the next round links again, and the file ends as the blob's inode.
+    stored = store.ingest([b"stored before"])
+    real_shared = tree.shared
+    calls = []
+
+    @contextlib.contextmanager
+    def first_gone(path):
+        calls.append(path)
+        if len(calls) == 1:
+            yield None
+            return
+        with real_shared(path) as held:
+            yield held
+
+    monkeypatch.setattr(tree, "shared", first_gone)
+    built = run(store, tar_bytes([F("a", b"stored before")]), "one.tar").archive.path
+    assert len(calls) == 2
+    assert os.stat(built / "a").st_ino == os.stat(stored.path).st_ino
+
+
+def test_tree_blob_with_all_its_links_leaves_copies(store, monkeypatch):
+    # Three members share one content; the blob takes no more links after the first.
+    blob = str(store.blob_path(md5(b"same")))
+    real_link = os.link
+
+    def saturated(src, dst, **kwargs):
+        if os.fspath(src) == blob:
+            raise OSError(errno.EMLINK, "Too many links", os.fspath(dst))
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", saturated)
+    built = run(store, tar_bytes([F("a", b"same"), F("b", b"same"), F("c", b"same")]), "x.tar")
+    path = built.archive.path
+    assert [(path / n).read_bytes() for n in "abc"] == [b"same"] * 3
+    inodes = [os.stat(path / n).st_ino for n in "abc"]
+    assert inodes[0] == os.stat(blob).st_ino
+    assert len(set(inodes)) == 3
+    assert Path(blob).read_bytes() == b"same"
