@@ -56,6 +56,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_replicas_api.py",
     ),
     "bucketdav/uploads/archives/tree.py": (
+        "tests/test_archive_tree.py",
         "tests/test_archives.py",
         "tests/test_archives_api.py",
         "tests/test_durability.py",
