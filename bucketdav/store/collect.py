@@ -131,7 +131,9 @@ class Collector:
         after this moment must never look older. Marking the lock file used gives that
         clock's reading (and the test clock's offset, if any, applies on top).
         """
-        os.fchmod(lock, 0o644)
+        # Touching its times, not its mode: JuiceFS leaves the change time of a chmod to the
+        # same mode alone, so every run after the first would take the first one's moment.
+        os.utime(lock)
         return os.fstat(lock).st_ctime + (self.clock() - time.time())
 
     def _work(self, report: Report, *, now: float, dry_run: bool) -> None:
