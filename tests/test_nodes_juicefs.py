@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import juicefs
 import pytest
 from conftest import IN_CI, LiveServer
-from helpers import md5
+from helpers import md5, tar_gz
+from test_collect_race import content, missing_parts
 
 from bucketdav import launch
 from bucketdav.store.entries import Series
@@ -32,6 +33,10 @@ from bucketdav.store.entries import Series
 pytestmark = pytest.mark.slow
 
 TOPIC_HEADER = "Topic"
+# The collection race across nodes: bounded in rounds, collector runs and time.
+RACE_ROUNDS = 30
+RACE_RUNS = 40
+RACE_BUDGET = 8.0
 
 
 @dataclass
@@ -127,6 +132,63 @@ def staged_upload(server: LiveServer, node: str, *, timeout: float = 30) -> Path
         time.sleep(0.02)
 
 
+def bucketdav_command(cluster: Cluster, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`bucketdav ARGS` from the shell with node-a's store settings (plus `env`)."""
+    settings = {k: v for k, v in cluster.a.env.items() if not k.startswith("REPLICATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "bucketdav", *args],
+        env={**settings, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@dataclass
+class Race:
+    """What the cross-node collection race saw, to check once it is over."""
+
+    problems: list[str] = field(default_factory=list)
+    acked: list[dict] = field(default_factory=list)
+    # When each successful collector run was launched (time.time()), in order.
+    runs: list[float] = field(default_factory=list)
+    collected: int = 0
+    rounds: int = 0
+    gone_deploys: int = 0
+    racing_404s: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bad(self, text: str) -> None:
+        with self.lock:
+            self.problems.append(text)
+
+    def put(self, server: LiveServer, name: str, data: bytes, headers: dict) -> int:
+        """PUT and note anything but 200 (and 404 for a deploy); keep replicas to check."""
+        response = server.upload(name, data, headers)
+        deploy = "X-Checksum-Deploy" in headers
+        if response.status == 404 and deploy:
+            return 404
+        if response.status != 200:
+            self.bad(f"{name} {headers}: {response.status} {response.body[:200]!r}")
+            return response.status
+        answer = response.json()
+        if TOPIC_HEADER in headers:
+            if answer["skipped"] or not answer["path"]["replicas"]:
+                self.bad(f"{name} {headers}: replica not made: {answer['skipped']}")
+            else:
+                with self.lock:
+                    self.acked.append(answer)
+        return 200
+
+
+def orphan(index: int) -> tuple[str, bytes]:
+    """Content uploaded once without a replica and never again: the collector takes it."""
+    if index % 2:
+        return f"o{index}.tgz", tar_gz({"o/a.txt": f"orphan {index}\n".encode(), "b": b"same"})
+    return f"o{index}.bin", f"orphan content {index}\n".encode() * 50
+
+
 # -- tests -----------------------------------------------------------------------------------
 
 
@@ -178,10 +240,10 @@ def test_nodes_replica_indexes_are_distinct_across_nodes(cluster):
     stamped = [n for n in names if n != "r.latest.txt"]
     assert sorted(Path(r).name for r in replicas) == sorted(stamped)
     assert len(stamped) == 50
-    for answer, content in zip(answers, contents, strict=True):
+    for answer, data in zip(answers, contents, strict=True):
         path = "/" + answer["path"]["replicas"][0]
-        assert cluster.a.request("GET", path).body == content
-        assert cluster.b.request("GET", path).body == content
+        assert cluster.a.request("GET", path).body == data
+        assert cluster.b.request("GET", path).body == data
     series = Series("r", ".txt")
     newest = max(stamped, key=series.parse)
     latest = cluster.a.root / "replica" / "nodes" / "indexes" / "r.latest.txt"
@@ -269,15 +331,94 @@ def test_nodes_kill_of_one_mid_upload_leaves_the_other_and_its_uploads_alone(clu
     assert md5(first) not in {p.name for p in (cluster.a.root / "blob").rglob("*")}
 
 
-def test_nodes_store_checks_clean_at_the_end(cluster):
-    env = {k: v for k, v in cluster.a.env.items() if not k.startswith("REPLICATE_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "bucketdav", "check", "--full"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+def test_nodes_collection_on_a_races_uploads_and_deploys_on_b(cluster):
+    # node-a's collector (`bucketdav gc`, everything unreferenced goes at once) runs over and
+    # over while node-b receives, each round: new content without a replica (the collector's
+    # to take), the same content with a replica and deployed by checksum at once, and a
+    # deploy of content a finished run has certainly taken (launched after it was acked).
+    race = Race()
+    stop = threading.Event()
+    orphans: list[tuple[float, str, bytes]] = []
+    deadline = time.monotonic() + RACE_BUDGET
+
+    def collect() -> None:
+        for _ in range(RACE_RUNS):
+            if stop.is_set() or time.monotonic() > deadline + 5:
+                return
+            launched = time.time()
+            done = bucketdav_command(cluster, "gc", "--json", BUCKETDAV_GC_UNREFERENCED_DAYS="0")
+            report = json.loads(done.stdout) if done.returncode == 0 else {}
+            if not report.get("success"):
+                race.bad(f"gc exited {done.returncode}: {done.stdout[-300:]}{done.stderr[-300:]}")
+                continue
+            with race.lock:
+                race.runs.append(launched)
+                race.collected += report["blobs"] + report["trees"]
+
+    def deploy_gone(name: str, data: bytes, index: int) -> None:
+        headers = {"X-Checksum-Deploy": "true", "X-Checksum": md5(data), "Topic": f"g{index}"}
+        status = race.put(cluster.b, name, b"", headers)
+        if status != 404:
+            race.bad(f"deploy of collected {name}: {status}, not 404")
+        race.gone_deploys += 1
+
+    def deploy_racing(name: str, data: bytes, index: int) -> None:
+        headers = {"X-Checksum-Deploy": "true", "X-Checksum": md5(data), "Topic": f"d{index}"}
+        if race.put(cluster.b, name, b"", headers) == 404:
+            race.racing_404s += 1
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        for index in range(RACE_ROUNDS):
+            if time.monotonic() > deadline:
+                break
+            name, data = content(index)
+            race.put(cluster.b, name, data, {})
+            gone_name, gone_data = orphan(index)
+            race.put(cluster.b, gone_name, gone_data, {})
+            orphans.append((time.time(), gone_name, gone_data))
+            racers = [
+                threading.Thread(
+                    target=race.put, args=(cluster.b, name, data, {"Topic": f"r{index}"})
+                ),
+                threading.Thread(target=deploy_racing, args=(name, data, index)),
+            ]
+            # The oldest orphan acked before a finished run was launched: surely taken.
+            last_run = race.runs[-1] if race.runs else 0.0
+            if orphans and orphans[0][0] < last_run:
+                _acked, taken_name, taken_data = orphans.pop(0)
+                racers.append(
+                    threading.Thread(target=deploy_gone, args=(taken_name, taken_data, index))
+                )
+            for racer in racers:
+                racer.start()
+            for racer in racers:
+                racer.join(60)
+            race.rounds += 1
+    finally:
+        stop.set()
+        collector.join(120)
+    print(
+        f"{race.rounds} rounds, {len(race.runs)} collector runs, {race.collected} collected, "
+        f"{len(race.acked)} acknowledged, {race.gone_deploys} deploys of collected content, "
+        f"{race.racing_404s} racing deploys got 404"
     )
+    assert race.problems == []
+    assert race.rounds >= 10 and len(race.runs) >= 3
+    assert race.collected >= 5 and race.gone_deploys >= 3
+    assert len(race.acked) >= race.rounds
+    missing = {a["path"]["replicas"][0]: missing_parts(cluster.b.root, a) for a in race.acked}
+    assert {k: v for k, v in missing.items() if v} == {}
+    for answer in race.acked:
+        blob = cluster.a.request("GET", "/" + answer["path"]["blob"])
+        assert blob.status == 200 and md5(blob.body) == answer["checksum"]["blob"]
+    done = bucketdav_command(cluster, "check", "--full")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "clean" in done.stdout.lower()
+
+
+def test_nodes_store_checks_clean_at_the_end(cluster):
+    done = bucketdav_command(cluster, "check", "--full")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "clean" in done.stdout.lower()
