@@ -298,6 +298,25 @@ def test_content_an_upload_holds_is_left_for_the_next_run(make_client, store_roo
     assert not blob.exists()
 
 
+def test_tree_whose_archive_blob_an_upload_holds_is_left_for_the_next_run(make_client, store_root):
+    # On JuiceFS a second mount's lock on the tree's folder does not conflict with ours, so
+    # the lock that keeps the tree is the one on its tar's blob, which every upload holds.
+    client = make_client(**TEAM)
+    answer = client.put("/upload/t.tar", gzip.decompress(tar_gz({"a.txt": b"held tree"}))).json
+    tree = store_root / answer["path"]["archive"]
+    blob = store_root / answer["path"]["blob"]
+    fd = os.open(blob, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # what an upload relying on the tree holds
+        report = collector(store_root, later=1, BUCKETDAV_GC_UNREFERENCED_DAYS="0").run()
+        assert report.trees == 0
+        assert tree.is_dir()
+    finally:
+        os.close(fd)
+    assert collector(store_root, later=1, BUCKETDAV_GC_UNREFERENCED_DAYS="0").run().trees == 1
+    assert not tree.exists()
+
+
 # -- bucketdav rm, the lock, the command ------------------------------------------------------
 
 

@@ -263,9 +263,12 @@ class Collector:
             fd = os.open(digest, flags, dir_fd=fan)
         except OSError:
             return None
+        archive = None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if item.kind == "tree":
+                    archive = self._lock_archive(digest, folders)
             except OSError:
                 # An upload holds it (EWOULDBLOCK), or the file system will not lock it for
                 # us (NFS wants a file open for writing): either way it is not ours to take.
@@ -282,6 +285,30 @@ class Collector:
             return name
         finally:
             os.close(fd)
+            if archive is not None:
+                os.close(archive)
+
+    def _lock_archive(self, digest: str, folders: _Folders) -> int | None:
+        """An exclusive lock on the blob of the tar or zip a tree came from, if it is there.
+
+        Every upload that relies on a tree holds that blob first (a shared lock). A lock on
+        the tree's folder alone is not enough: JuiceFS does not share flock on folders
+        between mounts (measured: a second mount got LOCK_EX on a folder another mount held
+        shared), while it does on files.
+        """
+        fan = folders.get(str(self.store.blobs), digest[:2], digest[2:4])
+        if fan is None:
+            return None
+        try:
+            fd = os.open(digest, _FILE_FLAGS, dir_fd=fan)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def _still_unreferenced(self, fan: int, fd: int, item: Doomed, cutoff: float) -> bool:
         held = os.fstat(fd)
