@@ -14,7 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,9 +62,11 @@ def shared(path: str | Path) -> Iterator[int | None]:
 
 def touch(fd: int) -> None:
     """Mark what `fd` is as used now: collection judges unreferenced time by the change time."""
-    # chmod to the same mode moves the change time (ctime) and nothing else a reader sees.
+    # A new access time moves the change time (ctime) and nothing else a reader sees. chmod
+    # to the same mode, or utime to the same times, would too on a local disk, but JuiceFS
+    # takes both as no-ops and keeps the old ctime (measured).
     with contextlib.suppress(OSError):
-        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode))
+        os.utime(fd, ns=(time.time_ns(), os.fstat(fd).st_mtime_ns))
 
 
 class Holds:
