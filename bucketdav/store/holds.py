@@ -5,7 +5,9 @@ that nothing refers to it, by renaming it out of its public tree (store/collect.
 upload that relies on stored content first takes a shared flock on it and checks that the
 path still names the locked file: then either it holds the content until it lets go, or it
 finds the content gone and makes its own. flock locks belong to the open file in the kernel
-(or the shared file system), so they hold between threads, processes and nodes alike.
+(or the shared file system), so they hold between threads, processes and nodes alike;
+on folders JuiceFS keeps them per mount, so a tree is also guarded by its archive's blob
+(store/collect.py).
 """
 
 from __future__ import annotations
