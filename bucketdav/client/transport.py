@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import selectors
 import socket
@@ -97,9 +98,11 @@ class Server:
         conn = self._connection()
         try:
             self._send_head(conn, method, path, headers, body, length)
-            whole = body is None or self._send_body(conn, body, chunked=length is None, sent=sent)
-            reply = self._read(conn)
-            if not whole:
+            early = None
+            if body is not None:
+                early = self._send_body(conn, body, chunked=length is None, sent=sent)
+            reply = self._read(conn, method, early)
+            if early is not None:
                 # Part of the body is unsent: the connection cannot carry another request.
                 self.close()
             return reply
@@ -120,10 +123,10 @@ class Server:
     def _connection(self) -> http.client.HTTPConnection:
         if self.conn is not None:
             sock = self.conn.sock
-            if sock is None or not _readable(sock):
+            if sock is None or not _closed_while_idle(sock, self.timeout):
                 return self.conn
-            # An idle kept-alive connection has nothing to read unless the server closed it
-            # (its idle timeout): take a new one rather than fail the request on it.
+            # Take a new connection rather than fail the request on one the server closed
+            # (its idle timeout) since the last answer.
             self.close()
         _scheme, host, port, auth = self.proxy or (self.scheme, self.host, self.port, None)
         if self.scheme == "https":
@@ -173,30 +176,43 @@ class Server:
         *,
         chunked: bool,
         sent: Callable[[int], None],
-    ) -> bool:
-        """Send the body; False when the server answered first and the rest was not sent."""
-        assert conn.sock is not None
+    ) -> bytes | None:
+        """Send the body; None when all of it went, else the first bytes of the server's answer
+        given before it took the whole body (b"" when it hung up or they are still to be read).
+        """
+        sock = conn.sock
+        assert sock is not None
         with selectors.DefaultSelector() as watch:
-            watch.register(conn.sock, selectors.EVENT_READ)
+            watch.register(sock, selectors.EVENT_READ)
             for chunk in body:
                 if not chunk:
                     continue
                 if watch.select(0):
                     # The server answered (or hung up) before taking the whole body: that
                     # answer is the outcome, read before a broken pipe could lose it.
-                    return False
+                    early = _waiting(sock, self.timeout)
+                    if early is not None:
+                        return early
                 try:
                     conn.send(b"%X\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 except OSError:
                     # A server that refuses and hangs up may still have said why: read it.
-                    return False
+                    return b""
                 sent(len(chunk))
             if chunked:
                 conn.send(b"0\r\n\r\n")
-        return True
+        return None
 
-    def _read(self, conn: http.client.HTTPConnection) -> Reply:
-        response = conn.getresponse()
+    def _read(self, conn: http.client.HTTPConnection, method: str, early: bytes | None) -> Reply:
+        if early:
+            assert conn.sock is not None
+            # http.client reads an answer through the socket's makefile(): give it one that
+            # starts with the bytes already taken.
+            replay: Any = _Replay(early, conn.sock)
+            response = http.client.HTTPResponse(replay, method=method)
+            response.begin()
+        else:
+            response = conn.getresponse()
         body = response.read(MAX_REPLY)
         reply = Reply(
             status=response.status,
@@ -207,6 +223,49 @@ class Server:
         if response.will_close or not response.isclosed():
             self.close()
         return reply
+
+
+class _Replay:
+    """A socket whose first bytes were already taken: http.client reads them, then the rest."""
+
+    def __init__(self, first: bytes, sock: socket.socket) -> None:
+        self.first = first
+        self.sock = sock
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_Prefixed(self.first, self.sock))
+
+
+class _Prefixed(io.RawIOBase):
+    def __init__(self, first: bytes, sock: socket.socket) -> None:
+        self.first = memoryview(first)
+        self.sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.first:
+            count = min(len(buffer), len(self.first))
+            buffer[:count] = self.first[:count]
+            self.first = self.first[count:]
+            return count
+        return self.sock.recv_into(buffer)
+
+
+def _waiting(sock: socket.socket, timeout: float) -> bytes | None:
+    """What a readable socket holds without waiting: None when it holds no bytes after all.
+
+    TLS 1.3 session tickets make a socket readable with nothing for the application, so a
+    readable socket alone is not an answer; b"" is a hang-up.
+    """
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+    finally:
+        sock.settimeout(timeout)
 
 
 def _proxy_for(
@@ -235,6 +294,14 @@ def _proxies_in(environ: Mapping[str, str]) -> dict[str, str]:
             if name.islower() or key not in found:
                 found[key] = value
     return found
+
+
+def _closed_while_idle(sock: socket.socket, timeout: float) -> bool:
+    """Whether a kept-alive connection holds a hang-up (or anything else) nobody asked for."""
+    try:
+        return _readable(sock) and _waiting(sock, timeout) is not None
+    except OSError:
+        return True
 
 
 def _readable(sock: socket.socket) -> bool:
