@@ -7,6 +7,7 @@ before it forwards requests as they are.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -764,6 +765,54 @@ def test_server_sends_bodies_over_https(tls_server, monkeypatch):
     finally:
         server.close()
     assert len(accepted) == 1
+
+
+@pytest.fixture
+def tunnel_proxy():
+    """An HTTP proxy on 127.0.0.1 that only tunnels (CONNECT); yields its URL and the targets."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    targets: list[str] = []
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        for _ in range(10):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.settimeout(30)
+            reader = conn.makefile("rb")
+            target = reader.readline(65536).split()[1].decode()
+            while reader.readline(65536) not in (b"\r\n", b""):
+                pass
+            targets.append(target)
+            host, _, port = target.rpartition(":")
+            upstream = socket.create_connection((host, int(port)), timeout=30)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", targets
+    listener.close()
+
+
+def test_server_reaches_https_through_the_proxys_tunnel(tls_server, tunnel_proxy, monkeypatch):
+    url, cert, _accepted = tls_server
+    proxy, targets = tunnel_proxy
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    server = Server(url, timeout=10, environ={"https_proxy": proxy})
+    try:
+        assert server.request("PUT", "/upload/x", body=iter([b"abc"])).body == b"3"
+    finally:
+        server.close()
+    assert targets == [url.removeprefix("https://")]
 
 
 def test_server_url_must_be_http_or_https():
