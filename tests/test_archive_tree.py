@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
@@ -91,3 +92,96 @@ def test_tree_blob_with_all_its_links_leaves_copies(store, monkeypatch):
     assert inodes[0] == os.stat(blob).st_ino
     assert len(set(inodes)) == 3
     assert Path(blob).read_bytes() == b"same"
+
+
+@pytest.mark.parametrize(("algorithm", "data"), [("sha256", b"same"), ("md5", b"")])
+def test_tree_known_content_is_written_once(store_root, monkeypatch, algorithm, data):
+    # With a trusted digest (or no bytes at all) a repeat is a link, not another file.
+    opened = Store(store_root, algorithm)
+    opened.open()
+    writes = []
+    real_write = tree.TreeBuilder._write_file
+
+    def counted(dest, chunks, hasher):
+        writes.append(os.path.basename(dest))
+        return real_write(dest, chunks, hasher)
+
+    monkeypatch.setattr(tree.TreeBuilder, "_write_file", staticmethod(counted))
+    members = [F("a", data), F("b", data), H("c", "b"), F("d", data)]
+    path = run(opened, tar_bytes(members), "same.tar").archive.path
+    assert writes == ["a"]
+    assert len({os.stat(path / name).st_ino for name in "abcd"}) == 1
+
+
+def test_tree_hard_link_past_emlink_is_a_whole_copy(store, monkeypatch):
+    blob = str(store.blob_path(md5(b"linked data")))
+    real_link = os.link
+
+    def saturated(src, dst, **kwargs):
+        if os.fspath(src) == blob and not os.fspath(dst).endswith("/a"):
+            raise OSError(errno.EMLINK, "Too many links", os.fspath(dst))
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", saturated)
+    members = [F("a", b"linked data"), H("b", "a"), H("c", "a")]
+    path = run(store, tar_bytes(members), "x.tar").archive.path
+    assert [(path / n).read_bytes() for n in "abc"] == [b"linked data"] * 3
+
+
+def test_tree_blob_that_keeps_vanishing_gives_up_after_eight_rounds(store, monkeypatch):
+    store.ingest([b"stored"])
+
+    @contextlib.contextmanager
+    def always_gone(path):
+        yield None
+
+    monkeypatch.setattr(tree, "shared", always_gone)
+    with pytest.raises(OSError) as caught:
+        run(store, tar_bytes([F("a", b"stored")]), "x.tar")
+    assert caught.value.errno == errno.EAGAIN
+    assert caught.value.strerror == "the blob kept appearing and vanishing"
+    assert caught.value.filename == str(store.blob_path(md5(b"stored")))
+
+
+def test_link_making_parent_tries_a_last_time_after_eight_rounds(tmp_path, monkeypatch):
+    (tmp_path / "src").write_bytes(b"s")
+    real_link = os.link
+    calls = []
+
+    def folder_removed(src, dst, **kwargs):
+        calls.append(dst)
+        if len(calls) <= 8:
+            raise FileNotFoundError(errno.ENOENT, "removed by collection", dst)
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", folder_removed)
+    tree._link_making_parent(str(tmp_path / "src"), str(tmp_path / "ab" / "dest"))
+    assert len(calls) == 9
+    assert (tmp_path / "ab" / "dest").read_bytes() == b"s"
+
+
+def test_syncfs_flushes_the_file_system_of_the_path_it_is_given(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_syncfs(fd):
+        seen.append(os.fstat(fd).st_ino)
+        return 0
+
+    monkeypatch.setattr(tree, "_LIBC_SYNCFS", fake_syncfs)
+    tree.syncfs(tmp_path)
+    assert seen == [os.stat(tmp_path).st_ino]
+
+
+def test_syncfs_failure_is_an_os_error_naming_the_path(tmp_path, monkeypatch):
+    def failing_syncfs(fd):
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(tree, "_LIBC_SYNCFS", failing_syncfs)
+    with pytest.raises(OSError) as caught:
+        tree.syncfs(tmp_path)
+    assert (caught.value.errno, caught.value.strerror, caught.value.filename) == (
+        errno.EIO,
+        os.strerror(errno.EIO),
+        str(tmp_path),
+    )
