@@ -62,6 +62,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_durability.py",
     ),
     "bucketdav/access/decide.py": (
+        "tests/test_access_decide.py",
         "tests/test_access.py",
         "tests/test_access_api.py",
     ),
@@ -142,14 +143,14 @@ def main() -> int:
             continue
         results.append(run_module(module, MODULES[module], args))
     print()
-    columns = ("killed", "surv.", "t/out", "none", "score")
+    columns = ("killed", "surv.", "t/out", "none", "left", "score")
     print(f"{'module':48} " + " ".join(f"{c:>6}" for c in columns) + f" {'time':>7}")
     for result in results:
         score = "-" if result.score is None else f"{result.score:.1f}%"
         c = result.counts
+        counts = (c.get(k, 0) for k in ("killed", "survived", "timeout", "no tests", "not checked"))
         print(
-            f"{result.module:48} {c.get('killed', 0):6} {c.get('survived', 0):6} "
-            f"{c.get('timeout', 0):6} {c.get('no tests', 0):6} {score:>6} "
+            f"{result.module:48} " + " ".join(f"{n:6}" for n in counts) + f" {score:>6} "
             f"{result.seconds:6.0f}s {result.note}"
         )
     print(f"total time: {time.monotonic() - started:.0f} s")
