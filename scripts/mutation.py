@@ -67,6 +67,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_access_api.py",
     ),
     "bucketdav/dav/lookup.py": (
+        "tests/test_dav_lookup.py",
         "tests/test_dav.py",
         "tests/test_dav_confinement.py",
         "tests/test_dav_conditional.py",
