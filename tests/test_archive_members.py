@@ -73,6 +73,7 @@ def test_layout_resolve_refusal_names_the_link_asked_about():
     ("name", "text"),
     [
         ("plain é 名", "plain é 名"),
+        ("back\\slash 'and\" quotes", "back\\slash 'and\" quotes"),
         ("a\nb", "a\\nb"),
         ("x" * 300, "x" * 300),
         ("x" * 301, "x" * 300 + "…"),
