@@ -183,7 +183,7 @@ def test_policy_of_settings_reads_templates_and_their_rules():
 
 
 def facts(nlink: int = 1, ctime: float = 0.0, size: int = 7) -> BlobFacts:
-    return BlobFacts(nlink, ctime, size)
+    return (nlink, ctime, size)
 
 
 def test_plan_takes_blobs_linked_from_nowhere_and_older_than_the_cutoff():

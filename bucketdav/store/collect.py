@@ -31,9 +31,11 @@ from bucketdav.store.expire import Removed, apply_retention
 from bucketdav.store.files import remove_tree
 from bucketdav.store.gcreport import Report
 from bucketdav.store.references import (
+    SMALLEST_COMPRESSED,
     Doomed,
     Snapshot,
     decompressed_digest,
+    looks_compressed,
     plan,
     scan,
 )
@@ -167,14 +169,22 @@ class Collector:
         a tree's compressed upload go while the tree stays. Learned once: the note is written.
         """
         doomed = plan(snapshot, cutoff=cutoff, now=now)
+        # Only a tree that stays can keep a compressed blob that would go.
+        kept_trees = snapshot.trees.keys() - {d.digest for d in doomed if d.kind == "tree"}
+        if not kept_trees:
+            return doomed
         learned = False
+        blobs = str(self.store.blobs)
         for item in doomed:
-            if item.kind != "blob" or item.digest in snapshot.notes:
+            digest = item.digest
+            if item.kind != "blob" or digest in snapshot.notes or item.size < SMALLEST_COMPRESSED:
                 continue
-            path = self.store.blob_path(item.digest)
+            path = f"{blobs}/{digest[:2]}/{digest[2:4]}/{digest}"
+            if not looks_compressed(path):
+                continue
             target = decompressed_digest(path, self.store.algorithm, self.extract_max_bytes)
             self.pause()
-            if target is None or target not in snapshot.blobs or target == item.digest:
+            if target not in kept_trees:
                 continue
             snapshot.notes[item.digest] = target
             learned = True
@@ -238,10 +248,9 @@ class Collector:
         return all(("blob", s) in gone for s in sources.get(digest, ()))
 
     def _removed(self, item: Doomed) -> Removed:
-        if item.kind == "tree":
-            path = self.store.relative(self.store.tree_path(item.digest)) + "/"
-        else:
-            path = self.store.relative(self.store.blob_path(item.digest))
+        digest = item.digest
+        where = f"{digest[:2]}/{digest[2:4]}/{digest}"
+        path = f"explode/{where}/" if item.kind == "tree" else f"blob/{where}"
         return Removed(path, item.kind, item.size, item.why)
 
     # -- one item --

@@ -16,8 +16,8 @@ import os
 import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from bucketdav.store.blobs import Store
 from bucketdav.store.entries import parse_entry
@@ -29,9 +29,11 @@ from bucketdav.store.retention import Policy, expired
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class Removed:
-    """One path a run removed (or would remove): what it was, the bytes freed, and why."""
+class Removed(NamedTuple):
+    """One path a run removed (or would remove): what it was, the bytes freed, and why.
+
+    A tuple: a run may list a great many, which the garbage collector then leaves alone.
+    """
 
     path: str
     kind: str  # "entry", "tree" or "blob"

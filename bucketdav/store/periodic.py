@@ -1,8 +1,8 @@
 """The server's own retention and collection: a thread that runs one every interval.
 
-It gives requests their turn: between two batches (and every few thousand entries of its
-walk) it sleeps as long as it has just worked, up to a bound, so it takes at most about
-half of the one interpreter lock while uploads and reads come in.
+It gives requests their turn: after each slice of work (a few milliseconds: some entries of
+its walk, or a few removals) it rests three times as long, so it takes at most a quarter of
+the interpreter lock, and of the disk's journal that uploads' flushes wait on.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from bucketdav.store.gcreport import Report
 
 log = logging.getLogger(__name__)
 
-# Work at most this long before giving requests their turn, and rest at most this long.
+# Work about this long before giving requests their turn; rest this many times as long
+# (and at most REST seconds at a time).
 SLICE = 0.002
+RATIO = 3
 REST = 0.05
 
 
@@ -67,10 +69,10 @@ class Periodic:
         return report
 
     def pause(self) -> None:
-        """Between batches: rest as long as we just worked (bounded); stop if asked to."""
+        """Between two steps: rest once a slice of work is done; stop if asked to."""
         worked = time.monotonic() - self.busy_since
         if worked >= SLICE:
-            if self.stopping.wait(min(worked, REST)):
+            if self.stopping.wait(min(worked * RATIO, REST)):
                 raise Stopped
             self.busy_since = time.monotonic()
         elif self.stopping.is_set():

@@ -18,6 +18,7 @@ is before the cutoff, the start of the run less BUCKETDAV_GC_UNREFERENCED_DAYS.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import lzma
@@ -25,13 +26,17 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, NamedTuple
 
 from bucketdav.store.blobs import Store
 
 DAY = 86400
 _HEX = frozenset("0123456789abcdef")
 _READ = 1 << 20
+# No gzip, bzip2 or xz file is shorter (an empty bzip2 stream is 14 bytes).
+SMALLEST_COMPRESSED = 14
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OPENERS: dict[bytes, Callable[[BinaryIO], IO[bytes]]] = {
     b"\x1f\x8b": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
     b"BZh": bz2.BZ2File,
@@ -39,13 +44,10 @@ _OPENERS: dict[bytes, Callable[[BinaryIO], IO[bytes]]] = {
 }
 
 
-@dataclass(frozen=True)
-class BlobFacts:
-    """What collection needs to know of one blob."""
-
-    nlink: int
-    ctime: float
-    size: int
+# What collection needs to know of one blob: (link count, change time, size). A plain tuple,
+# not an object: a walk makes one per blob, and the garbage collector stops looking at
+# tuples of numbers, so a big store's walk does not stall every thread with its passes.
+BlobFacts = tuple[int, float, int]
 
 
 @dataclass
@@ -64,8 +66,7 @@ class Snapshot:
     walked: int = 0
 
 
-@dataclass(frozen=True)
-class Doomed:
+class Doomed(NamedTuple):
     """One blob or tree the plan removes, and why."""
 
     kind: str  # "tree" or "blob"
@@ -91,8 +92,8 @@ def plan(snapshot: Snapshot, *, cutoff: float, now: float) -> list[Doomed]:
     kept_trees = trees.keys() - gone_trees
     kept = {
         digest
-        for digest, facts in snapshot.blobs.items()
-        if facts.nlink > 1 or facts.ctime >= cutoff or digest in snapshot.blob_refs
+        for digest, (nlink, ctime, _size) in snapshot.blobs.items()
+        if nlink > 1 or ctime >= cutoff or digest in snapshot.blob_refs
     }
     kept |= kept_trees
     for digest in kept_trees:
@@ -107,8 +108,8 @@ def plan(snapshot: Snapshot, *, cutoff: float, now: float) -> list[Doomed]:
                 changed = True
     doomed = [Doomed("tree", digest, 0, _why(trees[digest], now)) for digest in sorted(gone_trees)]
     blobs = [
-        Doomed("blob", digest, facts.size, _why(facts.ctime, now))
-        for digest, facts in sorted(snapshot.blobs.items())
+        Doomed("blob", digest, size, _why(ctime, now))
+        for digest, (_nlink, ctime, size) in sorted(snapshot.blobs.items())
         if digest not in kept
     ]
     doomed += [d for d in blobs if d.digest in snapshot.notes]
@@ -125,27 +126,35 @@ def _why(ctime: float, now: float) -> str:
 
 
 def scan(store: Store, *, pause: Callable[[], None] = lambda: None, every: int = 200) -> Snapshot:
-    """Walk replica/, explode/ (three levels), blob/ and decompressed/ once; never follows links.
+    """Walk replica/, explode/ (its trees' files), blob/ and decompressed/ once.
 
-    `pause()` is called every `every` entries, so a server's requests get their turn.
+    Every folder is opened relative to its parent and never through a link, and every entry
+    is looked at relative to its folder (as `find` does): no path is resolved from the root
+    again for each of them. `pause()` is called every `every` entries, so that a server's
+    requests get their turn.
     """
     snapshot = Snapshot()
     length = 2 * store.digest_size
     counter = _Counter(pause, every)
     _walk_replicas(store, snapshot, counter)
-    for digest, entry in _fanned(str(store.trees), length, counter, snapshot.empty):
+    for digest, entry, fd in _fanned(str(store.trees), length, counter, snapshot.empty):
         if entry.is_dir(follow_symlinks=False):
             snapshot.trees[digest] = entry.stat(follow_symlinks=False).st_ctime
-            copies = _copies_in(entry.path, store.algorithm, counter)
+            copies = _copies_in(fd, digest, store.algorithm, counter)
             if copies:
                 snapshot.tree_copies[digest] = copies
-    for digest, entry in _fanned(str(store.blobs), length, counter, snapshot.empty):
+    blobs = snapshot.blobs
+    for digest, entry, _fd in _fanned(str(store.blobs), length, counter, snapshot.empty):
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISREG(st.st_mode):
-            snapshot.blobs[digest] = BlobFacts(st.st_nlink, st.st_ctime, st.st_size)
-    for digest, entry in _fanned(str(store.notes), length, counter, snapshot.empty):
+            blobs[digest] = (st.st_nlink, st.st_ctime, st.st_size)
+    for digest, entry, fd in _fanned(str(store.notes), length, counter, snapshot.empty):
         if entry.is_symlink():
-            target = note_target(store, entry.path)
+            try:
+                text = os.readlink(digest, dir_fd=fd)
+            except OSError:
+                continue
+            target = note_text_target(text, length)
             if target is not None:
                 snapshot.notes[digest] = target
     snapshot.walked = counter.count
@@ -153,14 +162,21 @@ def scan(store: Store, *, pause: Callable[[], None] = lambda: None, every: int =
 
 
 def note_target(store: Store, path: str) -> str | None:
-    """The blob a note names, when it is the relative path uploads write; else None."""
+    """The blob a note at `path` names, when it is the relative path uploads write; else None."""
     try:
-        target = os.readlink(path)
+        text = os.readlink(path)
     except OSError:
         return None
-    name = os.path.basename(target)
-    expected = os.path.relpath(store.blob_path(name), os.path.dirname(path))
-    if not is_digest(name, 2 * store.digest_size) or target != expected:
+    return note_text_target(text, 2 * store.digest_size)
+
+
+def note_text_target(text: str, length: int) -> str | None:
+    """The digest a note's text names (`../../../blob/ab/cd/<digest>`), else None."""
+    parts = text.split("/")
+    if len(parts) != 7 or parts[:4] != ["..", "..", "..", "blob"]:
+        return None
+    name = parts[6]
+    if not is_digest(name, length) or (parts[4], parts[5]) != (name[:2], name[2:4]):
         return None
     return name
 
@@ -171,123 +187,201 @@ class _Counter:
         self.every = every
         self.count = 0
 
-    def tick(self) -> None:
-        self.count += 1
-        if self.count % self.every == 0:
+    def add(self, count: int) -> None:
+        before = self.count // self.every
+        self.count += count
+        if self.count // self.every != before:
             self.pause()
 
 
 def _fanned(
     top: str, length: int, counter: _Counter, empty: list[tuple[str, str, str]]
-) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """(digest, DirEntry) for each well-named entry at top/ab/cd/<digest>.
+) -> Iterator[tuple[str, os.DirEntry[str], int]]:
+    """(digest, DirEntry, fd of its folder) for each well-named entry at top/ab/cd/<digest>.
 
-    Fan-out folders found empty are added to `empty` as (top, ab, cd), or (top, ab, "").
+    The fd is open only until the next item. Fan-out folders found empty are added to
+    `empty` as (top, ab, cd), or (top, ab, "").
     """
-    for first in _entries(top):
-        if not _is_fanout(first, first.name):
-            continue
-        seconds = _entries(first.path)
-        if not seconds:
-            empty.append((top, first.name, ""))
-        for second in seconds:
-            if not _is_fanout(second, second.name):
+    root = _open_dir(top)
+    if root is None:
+        return
+    try:
+        for first in _listed(root):
+            name1 = first.name
+            if not _is_fanout(first, name1):
                 continue
-            entries = _entries(second.path)
-            if not entries:
-                empty.append((top, first.name, second.name))
-            for entry in entries:
-                counter.tick()
-                name = entry.name
-                if is_digest(name, length) and name[:2] == first.name and name[2:4] == second.name:
-                    yield name, entry
+            fd1 = _open_dir(name1, root)
+            if fd1 is None:
+                continue
+            try:
+                seconds = _listed(fd1)
+                if not seconds:
+                    empty.append((top, name1, ""))
+                for second in seconds:
+                    name2 = second.name
+                    if not _is_fanout(second, name2):
+                        continue
+                    fd2 = _open_dir(name2, fd1)
+                    if fd2 is None:
+                        continue
+                    try:
+                        entries = _listed(fd2)
+                        if not entries:
+                            empty.append((top, name1, name2))
+                        counter.add(len(entries))
+                        prefix = name1 + name2
+                        for entry in entries:
+                            name = entry.name
+                            if name.startswith(prefix) and is_digest(name, length):
+                                yield name, entry, fd2
+                    finally:
+                        os.close(fd2)
+            finally:
+                os.close(fd1)
+    finally:
+        os.close(root)
 
 
 def _is_fanout(entry: os.DirEntry[str], name: str) -> bool:
     return len(name) == 2 and _HEX.issuperset(name) and entry.is_dir(follow_symlinks=False)
 
 
-def _entries(path: str) -> list[os.DirEntry[str]]:
+def _open_dir(name: str, parent: int | None = None) -> int | None:
+    """An fd of the folder `name` (in `parent`), never through a link; None when it is not one."""
     try:
-        with os.scandir(path) as entries:
-            return list(entries)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return []
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+
+
+def _listed(fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(fd) as entries:
+        return list(entries)
 
 
 def _walk_replicas(store: Store, snapshot: Snapshot, counter: _Counter) -> None:
     """Every link in replica/ that leads to a tree or a blob, and the content of copies."""
-    root = str(store.root)
+    root = str(store.root) + os.sep
     trees = str(store.trees) + os.sep
     blobs = str(store.blobs) + os.sep
     length = 2 * store.digest_size
-    pending = [str(store.replicas)]
-    while pending:
-        folder = pending.pop()
-        for entry in _entries(folder):
-            counter.tick()
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(entry.path)
-            elif entry.is_symlink():
-                try:
-                    target = os.readlink(entry.path)
-                except OSError:
-                    continue
-                # Read as text from where the link is: nothing on the way is followed.
-                where = os.path.normpath(os.path.join(folder, target))
-                if not where.startswith(root + os.sep):
-                    continue
-                if where.startswith(trees):
-                    parts = where[len(trees) :].split(os.sep)
-                    if len(parts) >= 3 and is_digest(parts[2], length):
-                        snapshot.tree_refs.add(parts[2])
-                elif where.startswith(blobs):
-                    name = os.path.basename(where)
-                    if is_digest(name, length):
-                        snapshot.blob_refs.add(name)
-            elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
-                if st.st_nlink == 1:
-                    # A copy made past the hard-link limit, or a file put there by hand:
-                    # the blob of its content stays while it does.
-                    digest = _hash(entry.path, store.algorithm)
-                    if digest is not None:
-                        snapshot.blob_refs.add(digest)
+    top = _open_dir(str(store.replicas))
+    if top is None:
+        return
+    try:
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            fd = _open_dir(relative or ".", top)
+            if fd is None:
+                continue
+            folder = os.path.join(str(store.replicas), relative)
+            try:
+                entries = _listed(fd)
+                counter.add(len(entries))
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(os.path.join(relative, entry.name))
+                    elif entry.is_symlink():
+                        try:
+                            target = os.readlink(entry.name, dir_fd=fd)
+                        except OSError:
+                            continue
+                        # Read as text from where the link is: nothing on the way is followed.
+                        where = os.path.normpath(os.path.join(folder, target))
+                        if not where.startswith(root):
+                            continue
+                        if where.startswith(trees):
+                            parts = where[len(trees) :].split(os.sep)
+                            if len(parts) >= 3 and is_digest(parts[2], length):
+                                snapshot.tree_refs.add(parts[2])
+                        elif where.startswith(blobs):
+                            name = os.path.basename(where)
+                            if is_digest(name, length):
+                                snapshot.blob_refs.add(name)
+                    elif (
+                        entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_nlink == 1
+                    ):
+                        # A copy made past the hard-link limit, or a file put there by hand:
+                        # the blob of its content stays while it does.
+                        digest = _hash(entry.name, fd, store.algorithm)
+                        if digest is not None:
+                            snapshot.blob_refs.add(digest)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
 
 
-def _copies_in(tree: str, algorithm: str, counter: _Counter) -> set[str]:
-    """The content of the files in `tree` that are not links of a blob (copies), by digest.
+def _copies_in(parent: int, tree: str, algorithm: str, counter: _Counter) -> set[str]:
+    """The content of the files in a tree that are not links of a blob (copies), by digest.
 
     Copies are made past the file system's hard-link limit, or come from a copy or a
     restore of the store that did not keep hard links; their blob stays with the tree.
     """
-    found = set()
-    pending = [tree]
-    while pending:
-        for entry in _entries(pending.pop()):
-            counter.tick()
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(entry.path)
-            elif (
-                entry.is_file(follow_symlinks=False)
-                and entry.stat(follow_symlinks=False).st_nlink == 1
-            ):
-                digest = _hash(entry.path, algorithm)
-                if digest is not None:
-                    found.add(digest)
+    found: set[str] = set()
+    top = _open_dir(tree, parent)
+    if top is None:
+        return found
+    try:
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            fd = _open_dir(relative or ".", top)
+            if fd is None:
+                continue
+            try:
+                entries = _listed(fd)
+                counter.add(len(entries))
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(os.path.join(relative, entry.name))
+                    elif (
+                        entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_nlink == 1
+                    ):
+                        digest = _hash(entry.name, fd, algorithm)
+                        if digest is not None:
+                            found.add(digest)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
     return found
 
 
-def _hash(path: str, algorithm: str) -> str | None:
+def _hash(name: str, folder: int, algorithm: str) -> str | None:
     hasher = hashlib.new(algorithm)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder
+        )
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
         while block := handle.read(_READ):
             hasher.update(block)
     return hasher.hexdigest()
+
+
+def looks_compressed(path: str) -> bool:
+    """True when the file at `path` starts as gzip, bzip2 or xz data does."""
+    try:
+        fd = os.open(path, _FILE_FLAGS)
+    except OSError:
+        return False
+    try:
+        head = os.read(fd, 6)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return any(head.startswith(magic) for magic in _OPENERS)
 
 
 def decompressed_digest(path: str | os.PathLike[str], algorithm: str, limit: int) -> str | None:
