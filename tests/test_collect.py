@@ -27,6 +27,7 @@ from bucketdav.store.collect import Collector
 from bucketdav.store.commands import run_rm
 from bucketdav.store.entries import parse_entry
 from bucketdav.store.gcreport import Report
+from bucketdav.store.periodic import Periodic
 from bucketdav.store.retention import DAY
 from bucketdav.uploads.archives import tree as tree_module
 
@@ -630,3 +631,28 @@ def test_crash_at_every_step_of_a_collection_leaves_a_clean_store(make_client, s
             problems[step] = (found, unreadable, clean(store_root))
     print(f"{total} crash points")
     assert problems == {}
+
+
+# -- the server's periodic run -----------------------------------------------------------------
+
+
+def test_periodic_run_reports_each_run_and_stops_between_batches(make_client, store_root):
+    client = make_client(**TEAM)
+    for index in range(30):
+        client.put(f"/upload/f{index}.bin", f"unreferenced {index}".encode())
+    settings = make_settings(store_root, **TEAM, BUCKETDAV_GC_UNREFERENCED_DAYS="0")
+    store = Store(settings.archive_dir, settings.checksum_type, node=settings.node)
+    reports: list[Report] = []
+    periodic = Periodic(store, settings, on_report=reports.append, interval=3600)
+    periodic.stopping.set()  # as on shutdown: the run stops at its first pause
+    stopped = periodic.run_once()
+    assert (stopped.success, stopped.error) == (False, "stopped before the end (shutting down)")
+    # One blob was taken before the first pause, and deleted before the run stopped.
+    assert stopped.blobs == 1
+    assert not any((store_root / "gc" / "candidates").iterdir())
+    assert clean(store_root) == {}
+    periodic.stopping.clear()
+    finished = periodic.run_once()
+    assert finished.success and finished.blobs == 29
+    assert reports == [stopped, finished]
+    assert clean(store_root) == {}

@@ -206,6 +206,7 @@ class Collector:
         for start in range(0, len(doomed), self.batch):
             batch = doomed[start : start + self.batch]
             taken = []
+            stopped = None
             folders = _Folders()
             try:
                 for item in batch:
@@ -220,13 +221,19 @@ class Collector:
                     report.notes += noted
                     gone.add((item.kind, item.digest))
                     taken.append((item, name))
-                    # Cheap unless the slice of work is used up (store/periodic.py).
-                    self.pause()
+                    try:
+                        # Cheap unless the slice of work is used up (store/periodic.py).
+                        self.pause()
+                    except Stopped as exc:
+                        stopped = exc  # what this batch took is deleted first
+                        break
                 self._delete(taken, folders)
             finally:
                 folders.close()
             report.removed += [self._removed(item) for item, _ in taken]
             self._prune_fanouts({(i.kind, i.digest[:2], i.digest[2:4]) for i, _ in taken})
+            if stopped is not None:
+                raise stopped
             self.pause()
 
     def _may_go(
