@@ -298,3 +298,44 @@ def test_listed_latest_link_missing_for_a_moment_is_waited_for(store, monkeypatc
         assert lookup._lstat_listed(fd, "link.latest").st_mode & 0o170000 == 0o120000
     finally:
         os.close(fd)
+
+
+def test_lookup_remembers_files_up_to_exactly_the_byte_bound(store, tree, monkeypatch):
+    first = tree.lookup("/" + store.relative(store.ingest([b"one"]).path))
+    cost = lookup._entry_cost(first)
+    tree.forget(first)
+    monkeypatch.setattr(lookup, "LOOKUP_CACHE_BYTES", 2 * cost)
+    tree.lookup(first.path)
+    second = tree.lookup("/" + store.relative(store.ingest([b"two"]).path))
+    assert (sorted(tree.files), tree._held) == (sorted([first.path, second.path]), 2 * cost)
+
+
+def test_known_checksum_only_for_files_under_blob(store, tree):
+    team = folder(store)
+    (team / ("0" * 32)).write_bytes(b"named like a digest")
+    node = tree.lookup("/replica/team/" + "0" * 32)
+    assert tree.known_checksum(node) is None
+
+
+def test_children_go_on_past_a_member_gone_meanwhile(store, tree, monkeypatch):
+    team = folder(store)
+    for name in "abc":
+        (team / name).write_bytes(b"x")
+    real_lstat = lookup._lstat_listed
+    monkeypatch.setattr(
+        lookup, "_lstat_listed", lambda fd, name: None if name == "b" else real_lstat(fd, name)
+    )
+    assert [c.name for c in tree.children(tree.lookup("/replica/team"))] == ["a", "c"]
+
+
+def test_children_of_a_folder_named_with_a_trailing_blank(store, tree):
+    team = folder(store, "sp ")
+    (team / "f").write_bytes(b"x")
+    assert [c.path for c in tree.children(tree.lookup("/replica/sp "))] == ["/replica/sp /f"]
+
+
+def test_walk_latest_looks_the_same_path_up_again(tree, monkeypatch, sleeps):
+    asked = []
+    monkeypatch.setattr(tree, "_walk", lambda parts: asked.append(parts))
+    tree._walk_latest(["replica", "r.latest", "f"])
+    assert asked == [["replica", "r.latest", "f"]] * (1 + len(LATEST_RETRY_PAUSES))
