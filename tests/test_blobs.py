@@ -1,0 +1,143 @@
+"""The store's commit and dedup at their edges: a blob gone meanwhile, EMLINK, health, notes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from helpers import MD5_COLLISION_A, MD5_COLLISION_B, md5
+
+from bucketdav.errors import ChecksumCollision
+from bucketdav.store import blobs
+from bucketdav.store.blobs import MIN_FREE_INODES, Store
+
+
+@pytest.fixture
+def store(store_root: Path) -> Store:
+    opened = Store(store_root, "md5")
+    opened.open()
+    return opened
+
+
+def staged_names(store: Store) -> list[str]:
+    return sorted(path.name for path in store.staging.iterdir())
+
+
+def test_commit_collision_is_refused_naming_the_digest(store):
+    store.ingest([MD5_COLLISION_A])
+    with pytest.raises(ChecksumCollision) as caught:
+        store.ingest([MD5_COLLISION_B])
+    digest = md5(MD5_COLLISION_A)
+    assert str(caught.value) == (
+        f"md5 {digest} is already stored with different content; "
+        "the stored blob is kept and this upload is refused"
+    )
+    assert store.blob_path(digest).read_bytes() == MD5_COLLISION_A
+
+
+def test_commit_known_blob_gone_before_it_is_shared_stores_this_copy(store, monkeypatch):
+    # Collection takes the blob between our look and our hold: this upload's copy becomes it.
+    known = store.ingest([b"collected meanwhile"])
+    real_shared = blobs.shared
+
+    @contextlib.contextmanager
+    def collected_first(path):
+        if known.path.exists():
+            known.path.unlink()
+            yield None
+            return
+        with real_shared(path) as held:
+            yield held
+
+    monkeypatch.setattr(blobs, "shared", collected_first)
+    again = store.ingest([b"collected meanwhile"])
+    assert again.created
+    assert again.path.read_bytes() == b"collected meanwhile"
+
+
+def test_commit_known_blob_with_all_its_links_is_deduplicated(store, monkeypatch):
+    known = store.ingest([b"many links"])
+    real_link = os.link
+
+    def saturated(src, dst, **kwargs):
+        if Path(src) == known.path:
+            raise OSError(errno.EMLINK, "Too many links")
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", saturated)
+    again = store.ingest([b"many links"])
+    assert (again.created, again.path) == (False, known.path)
+    assert staged_names(store) == []
+
+
+def test_commit_pin_that_cannot_replace_the_staged_name_is_removed(store, monkeypatch):
+    store.ingest([b"pinned"])
+
+    def refused(src, dst, **kwargs):
+        raise OSError(errno.EIO, "replace failed")
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(OSError, match="replace failed"):
+        store.ingest([b"pinned"])
+    assert staged_names(store) == []
+
+
+def test_place_copy_past_emlink_is_read_only(store, monkeypatch):
+    blob = store.ingest([b"copied"])
+    real_link = os.link
+
+    def saturated(src, dst, **kwargs):
+        if Path(src) == blob.path:
+            raise OSError(errno.EMLINK, "Too many links")
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", saturated)
+    dest = store.replicas / "copy.txt"
+    store.place(blob.path, dest)
+    assert dest.read_bytes() == b"copied"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o444
+
+
+@pytest.mark.parametrize(
+    ("writable", "free", "inodes", "health"),
+    [
+        (False, (10, 0), 100, (False, "the store is not writable")),
+        (True, (10, 10), MIN_FREE_INODES, (True, "ok")),
+        (True, (9, 10), 100, (False, "free space 9 is below the watermark 10")),
+        (True, (10, 10), MIN_FREE_INODES - 1, (False, "free inodes 31 are below the reserve 32")),
+        (True, (10, 10), None, (True, "ok")),
+    ],
+)
+def test_healthy_at_its_bounds(store, monkeypatch, writable, free, inodes, health):
+    monkeypatch.setattr(store, "writable", lambda: writable)
+    monkeypatch.setattr(store, "free_bytes", lambda: free)
+    monkeypatch.setattr(store, "free_inodes", lambda: inodes)
+    assert store.healthy() == health
+
+
+def test_find_decompressed_flushes_the_note_it_relies_on(store, monkeypatch):
+    tar = store.ingest([b"the decompressed tar"])
+    compressed = md5(b"the compressed upload")
+    store.remember_decompressed(compressed, tar)
+    flushed = []
+    monkeypatch.setattr(blobs, "fsync_up", lambda folder, top: flushed.append((folder, top)))
+    found = store.find_decompressed(compressed)
+    assert found is not None and found.path == tar.path
+    assert (store.note_path(compressed).parent, store.notes) in flushed
+
+
+def test_find_decompressed_note_folder_gone_while_flushing_still_finds(store, monkeypatch):
+    tar = store.ingest([b"another tar"])
+    compressed = md5(b"another upload")
+    store.remember_decompressed(compressed, tar)
+
+    def gone(folder, top):
+        if folder == store.note_path(compressed).parent:
+            raise FileNotFoundError(errno.ENOENT, "removed", str(folder))
+
+    monkeypatch.setattr(blobs, "fsync_up", gone)
+    assert store.find_decompressed(compressed).path == tar.path
