@@ -75,6 +75,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_properties.py",
     ),
     "bucketdav/store/blobs.py": (
+        "tests/test_blobs.py",
         "tests/test_api.py",
         "tests/test_deploy.py",
         "tests/test_durability.py",
