@@ -141,3 +141,38 @@ def test_find_decompressed_note_folder_gone_while_flushing_still_finds(store, mo
 
     monkeypatch.setattr(blobs, "fsync_up", gone)
     assert store.find_decompressed(compressed).path == tar.path
+
+
+def test_commit_blob_that_keeps_vanishing_gives_up_after_eight_rounds(store, monkeypatch):
+    known = store.ingest([b"flickering"])
+
+    @contextlib.contextmanager
+    def always_gone(path):
+        yield None
+
+    monkeypatch.setattr(blobs, "shared", always_gone)
+    with pytest.raises(OSError) as caught:
+        store.ingest([b"flickering"])
+    assert (caught.value.errno, caught.value.strerror, caught.value.filename) == (
+        errno.EAGAIN,
+        "the blob kept appearing and vanishing",
+        str(known.path),
+    )
+    assert staged_names(store) == []
+
+
+def test_link_making_folders_tries_a_last_time_after_eight_rounds(tmp_path, monkeypatch):
+    (tmp_path / "src").write_bytes(b"s")
+    real_link = os.link
+    calls = []
+
+    def folder_removed(src, dst, **kwargs):
+        calls.append(dst)
+        if len(calls) <= 8:
+            raise FileNotFoundError(errno.ENOENT, "removed by collection", dst)
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", folder_removed)
+    blobs.link_making_folders(tmp_path / "src", tmp_path / "ab" / "cd" / "dest")
+    assert len(calls) == 9
+    assert (tmp_path / "ab" / "cd" / "dest").read_bytes() == b"s"
