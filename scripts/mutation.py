@@ -76,6 +76,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "bucketdav/store/blobs.py": (
         "tests/test_blobs.py",
+        "tests/test_nodes.py",
         "tests/test_api.py",
         "tests/test_deploy.py",
         "tests/test_durability.py",
