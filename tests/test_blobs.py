@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
 import pytest
 from helpers import MD5_COLLISION_A, MD5_COLLISION_B, md5
 
-from bucketdav.errors import ChecksumCollision
+from bucketdav.errors import ChecksumCollision, StoreFull
 from bucketdav.store import blobs
 from bucketdav.store.blobs import MIN_FREE_INODES, Store
 
@@ -176,3 +177,27 @@ def test_link_making_folders_tries_a_last_time_after_eight_rounds(tmp_path, monk
     blobs.link_making_folders(tmp_path / "src", tmp_path / "ab" / "cd" / "dest")
     assert len(calls) == 9
     assert (tmp_path / "ab" / "cd" / "dest").read_bytes() == b"s"
+
+
+@pytest.mark.parametrize(
+    ("free", "incoming", "inodes", "message"),
+    [
+        ((110, 10), 100, MIN_FREE_INODES, None),
+        ((110, 10), 101, 100, "the store keeps 10 bytes free and has 110; 101 more do not fit"),
+        ((110, 10), 0, None, None),
+        (
+            (110, 10),
+            0,
+            MIN_FREE_INODES - 1,
+            "the store's file system has 31 free inodes (files) left and keeps 32",
+        ),
+    ],
+)
+def test_check_space_at_its_bounds(store, monkeypatch, free, incoming, inodes, message):
+    monkeypatch.setattr(store, "free_bytes", lambda: free)
+    monkeypatch.setattr(store, "free_inodes", lambda: inodes)
+    if message is None:
+        store.check_space(incoming)
+    else:
+        with pytest.raises(StoreFull, match=f"^{re.escape(message)}"):
+            store.check_space(incoming)
