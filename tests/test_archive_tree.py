@@ -15,6 +15,8 @@ from test_archives import D, F, H, run, tar_bytes
 from bucketdav.errors import UnsafeArchive
 from bucketdav.store.blobs import Store
 from bucketdav.uploads.archives import tree
+from bucketdav.uploads.archives.members import Kind
+from bucketdav.uploads.archives.readers import Member
 
 KEPT = "; nothing was extracted (the uploaded file is kept as its blob)"
 
@@ -185,3 +187,79 @@ def test_syncfs_failure_is_an_os_error_naming_the_path(tmp_path, monkeypatch):
         os.strerror(errno.EIO),
         str(tmp_path),
     )
+
+
+# -- the builder alone, with members whose chunks the test chooses --------------------------
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def member(name: str, *pieces: bytes, size: int | None = None) -> Member:
+    """A file member read in exactly these pieces (its declared size theirs, unless given)."""
+    declared = sum(map(len, pieces)) if size is None else size
+    return Member(name, Kind.FILE, declared, chunks=lambda: iter(pieces))
+
+
+@pytest.fixture
+def builder_root(store) -> Path:
+    root = store.staging / "tree-test"
+    root.mkdir()
+    return root
+
+
+def test_tree_extraction_bound_is_inclusive(store, builder_root):
+    builder = tree.TreeBuilder(store, builder_root, max_bytes=6, max_files=10)
+    builder.add(member("a", b"abc", b"def"))
+    builder.add(member("empty"))
+    assert (builder_root / "a").read_bytes() == b"abcdef"
+    with pytest.raises(UnsafeArchive) as caught:
+        builder.add(member("b", b"x"))
+    assert caught.value.member == "b"
+
+
+def test_tree_extraction_bound_counts_every_member_streamed(store, builder_root):
+    builder = tree.TreeBuilder(store, builder_root, max_bytes=3 * MiB, max_files=10)
+    builder.add(member("big", *[b"b" * (512 * KiB)] * 5))
+    with pytest.raises(UnsafeArchive) as caught:
+        builder.add(member("next", b"n" * MiB))
+    assert caught.value.member == "next"
+
+
+def test_tree_member_larger_than_it_said_is_cut_off_by_name(store, builder_root):
+    builder = tree.TreeBuilder(store, builder_root, max_bytes=2 * MiB, max_files=10)
+    with pytest.raises(UnsafeArchive) as caught:
+        builder.add(member("liar", *[b"l" * (512 * KiB)] * 5, size=MiB + 1))
+    assert caught.value.member == "liar"
+    assert "BUCKETDAV_EXTRACT_MAX_BYTES (2097152 bytes)" in str(caught.value)
+
+
+def test_tree_hard_link_to_a_streamed_member_shares_its_record(store, builder_root):
+    builder = tree.TreeBuilder(store, builder_root, max_bytes=4 * MiB, max_files=10)
+    builder.add(member("big", *[b"s" * (512 * KiB)] * 3))
+    builder.add(Member("h", Kind.HARDLINK, 0, link="big"))
+    assert builder.records[("h",)] is builder.records[("big",)]
+
+
+def test_tree_checks_free_space_every_so_many_bytes(store, builder_root, monkeypatch):
+    monkeypatch.setattr(tree, "_SPACE_CHECK_EVERY", MiB)
+    asked = []
+    monkeypatch.setattr(store, "check_space", asked.append)
+    builder = tree.TreeBuilder(store, builder_root, max_bytes=8 * MiB, max_files=10)
+    builder.add(member("big", *[b"c" * (256 * KiB)] * 10))
+    assert asked == [0, 0]
+
+
+def test_tree_path_room_is_what_the_final_place_leaves(store, builder_root):
+    final = Path(str(builder_root) + "x" * 100)  # the tree's place is 100 bytes longer
+    room = 4095 - 100 - len(os.fsencode(builder_root)) - 1
+    segments, left = [], room
+    while left > 201:
+        segments.append("d" * 200)
+        left -= 201
+    fits = "/".join([*segments, "f" * left])
+    assert len(fits.encode()) == room
+    builder = tree.TreeBuilder(store, builder_root, max_bytes=MiB, max_files=10, final=final)
+    builder.add(member(fits, b"x"))
+    with pytest.raises(UnsafeArchive, match="too deep to store"):
+        builder.add(member(fits[:-1] + "/gg", b"x"))
