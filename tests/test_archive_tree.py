@@ -263,3 +263,17 @@ def test_tree_path_room_is_what_the_final_place_leaves(store, builder_root):
     builder.add(member(fits, b"x"))
     with pytest.raises(UnsafeArchive, match="too deep to store"):
         builder.add(member(fits[:-1] + "/gg", b"x"))
+
+
+def test_tree_small_member_larger_than_it_said_is_cut_off_by_name(store, builder_root):
+    builder = tree.TreeBuilder(store, builder_root, max_bytes=8, max_files=10)
+    with pytest.raises(UnsafeArchive) as caught:
+        builder.add(member("fib", b"0123456789", size=5))
+    assert caught.value.member == "fib"
+
+
+def test_tree_small_member_that_turns_out_large_is_written_whole(store, builder_root):
+    data = b"w" * (2 * MiB)
+    builder = tree.TreeBuilder(store, builder_root, max_bytes=4 * MiB, max_files=10)
+    builder.add(member("grew", data, size=1000))
+    assert (builder_root / "grew").read_bytes() == data
