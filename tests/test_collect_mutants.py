@@ -1,0 +1,175 @@
+"""Collection's decisions pinned one by one: the retention policy each template gets, what
+is learned of compressed blobs without a note, the report's counts, and the clean-ups."""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import os
+import time
+from pathlib import Path
+
+from conftest import make_settings
+from helpers import md5, tar_gz
+from test_collect import NIGHTLY, TEAM, collector
+
+from bucketdav.store.blobs import Store
+from bucketdav.store.collect import Collector, policy_of
+from bucketdav.store.expire import Removed
+from bucketdav.store.retention import DAY, Policy, Rules
+
+NOW = {"BUCKETDAV_GC_UNREFERENCED_DAYS": "0"}
+
+
+def test_policy_of_gives_each_template_its_own_rules_or_the_global_ones(store_root):
+    settings = make_settings(
+        store_root,
+        REPLICATE_0="team/${Topic}",
+        REPLICATE_1="builds/${Project}/nightly/${Branch}",
+        REPLICATE_2="other/${X}",
+        REPLICATE_0_KEEP_LAST="3",
+        REPLICATE_1_KEEP_DAYS="2",
+        BUCKETDAV_KEEP_LAST="5",
+        BUCKETDAV_KEEP_DAYS="30",
+    )
+    assert policy_of(settings) == Policy(
+        default=Rules(keep_last=5, keep_days=30 * DAY),
+        templates=(
+            (("team", None), Rules(keep_last=3, keep_days=None)),
+            (("builds", None, "nightly", None), Rules(keep_last=None, keep_days=2 * DAY)),
+            (("other", None), None),
+        ),
+    )
+
+
+def test_policy_of_without_rules_keeps_everything(store_root):
+    settings = make_settings(store_root, REPLICATE_0="team/${Topic}")
+    policy = policy_of(settings)
+    assert policy == Policy(default=Rules(None, None), templates=((("team", None), None),))
+    assert not policy.active
+
+
+def fanned(root: Path, top: str) -> list[str]:
+    """Every path below `root/top`, relative to it (fan-out folders included)."""
+    return sorted(str(p.relative_to(root / top)) for p in (root / top).rglob("*"))
+
+
+def test_collect_of_an_unreferenced_archive_reports_each_path_and_leaves_no_folder(
+    make_client, store_root
+):
+    data = tar_gz({"a": b"tree file"})
+    answer = make_client(**TEAM).put("/upload/t.tgz", data).json
+    tar = store_root / answer["path"]["decompressed"]
+    size = tar.stat().st_size
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.error, report.skipped, report.notes) == (True, None, 0, 1)
+    assert report.removed == [
+        Removed(answer["path"]["archive"] + "/", "tree", 0, "unreferenced 0 days"),
+        Removed(answer["path"]["blob"], "blob", len(data), "unreferenced 0 days"),
+        Removed(answer["path"]["decompressed"], "blob", size, "unreferenced 0 days"),
+    ]
+    # The member's blob was linked from the tree: it goes at the next run, with the last
+    # fan-out folders of blob/; those of explode/ and decompressed/ went with the tree.
+    assert (fanned(store_root, "explode"), fanned(store_root, "decompressed")) == ([], [])
+    member = md5(b"tree file")
+    assert fanned(store_root, "blob") == [
+        member[:2],
+        f"{member[:2]}/{member[2:4]}",
+        f"{member[:2]}/{member[2:4]}/{member}",
+    ]
+    again = collector(store_root, later=1, **NOW).run()
+    assert [(r.kind, r.size, r.path) for r in again.removed] == [
+        ("blob", 9, f"blob/{member[:2]}/{member[2:4]}/{member}")
+    ]
+    assert again.notes == 0
+    assert fanned(store_root, "blob") == []
+    assert list((store_root / "gc" / "candidates").iterdir()) == []
+
+
+def test_collect_learns_no_note_for_a_compressed_blob_no_tree_came_from(make_client, store_root):
+    client = make_client(**TEAM)
+    client.put("/upload/t.tgz", tar_gz({"a": b"kept"}), headers=NIGHTLY)  # a tree that stays
+    answer = client.put("/upload/log.gz", gzip.compress(b"not an archive\n" * 10)).json
+    digest = answer["checksum"]["blob"]
+    note = store_root / "decompressed" / digest[:2] / digest[2:4] / digest
+    note.unlink()  # a store from before notes, or a note lost
+    report = collector(store_root, later=1, **NOW).run()
+    # Decompressed to learn the note, which names no tree: nothing is noted, both go.
+    assert report.notes == 0
+    assert sorted((r.kind, r.path) for r in report.removed) == sorted(
+        [("blob", answer["path"]["blob"]), ("blob", answer["path"]["decompressed"])]
+    )
+    assert not os.path.lexists(note)
+
+
+def test_collect_dry_run_learns_a_lost_note_without_writing_it(make_client, store_root):
+    client = make_client(**TEAM)
+    answer = client.put("/upload/t.tgz", tar_gz({"a": b"1"}), headers=NIGHTLY).json
+    digest = answer["checksum"]["blob"]
+    note = store_root / "decompressed" / digest[:2] / digest[2:4] / digest
+    note.unlink()  # a store from before notes, or a note lost
+    report = collector(store_root, later=1, **NOW).run(dry_run=True)
+    assert (report.success, report.removed) == (True, [])
+    assert not os.path.lexists(note)
+
+
+def test_collect_in_batches_takes_every_blob_once(make_client, store_root):
+    client = make_client(**TEAM)
+    for index in range(5):
+        client.put(f"/upload/f{index}.bin", f"lone {index}".encode())
+    settings = make_settings(store_root, **TEAM, **NOW)
+    store = Store(settings.archive_dir, settings.checksum_type, node=settings.node)
+    report = Collector(store, settings, clock=lambda: time.time() + 1, batch=2).run()
+    assert (report.success, report.blobs, report.skipped) == (True, 5, 0)
+    assert sorted(r.path for r in report.removed) == sorted(
+        f"blob/{d[:2]}/{d[2:4]}/{d}" for d in (md5(f"lone {i}".encode()) for i in range(5))
+    )
+    assert fanned(store_root, "blob") == []
+
+
+def test_collect_removes_empty_fan_out_folders_an_earlier_run_left(make_client, store_root):
+    make_client(**TEAM)
+    for folder in ("blob/aa", "blob/bb/cc", "explode/dd/ee", "decompressed/ff/00", "blob/ab/cd"):
+        (store_root / folder).mkdir(parents=True)
+    (store_root / "blob" / "ab" / "ef").mkdir()
+    (store_root / "blob" / "ab" / "ef" / "stray").write_bytes(b"not a blob")
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.removed) == (True, [])
+    # Empty ones go with their parent when that empties it; ab/ keeps ef/ and what is in it.
+    assert fanned(store_root, "blob") == ["ab", "ab/ef", "ab/ef/stray"]
+    assert (fanned(store_root, "explode"), fanned(store_root, "decompressed")) == ([], [])
+
+
+def test_collect_first_deletes_the_candidates_an_interrupted_run_left(make_client, store_root):
+    make_client(**TEAM)
+    candidates = store_root / "gc" / "candidates"
+    (candidates / f"tree-{'1' * 32}" / "sub").mkdir(parents=True)
+    (candidates / f"tree-{'1' * 32}" / "sub" / "f").write_bytes(b"member")
+    (candidates / f"tree-{'1' * 32}" / "sub").chmod(0o555)  # as published trees are
+    (candidates / f"blob-{'2' * 32}").write_bytes(b"blob")
+    (candidates / f"link-{'3' * 32}").symlink_to(store_root.parent / "outside")
+    (store_root.parent / "outside" / "kept").write_bytes(b"outside")
+    dry = collector(store_root, later=1, **NOW).run(dry_run=True)
+    assert (dry.success, dry.removed) == (True, [])
+    assert len(list(candidates.iterdir())) == 3  # a dry run changes nothing
+    report = collector(store_root, later=1, **NOW).run()
+    # Checked when they were taken: deleted, never reported again, links not followed.
+    assert (report.success, report.removed) == (True, [])
+    assert list(candidates.iterdir()) == []
+    assert (store_root.parent / "outside" / "kept").read_bytes() == b"outside"
+
+
+def test_collect_counts_every_note_it_removes_and_every_blob_it_leaves(make_client, store_root):
+    client = make_client(**TEAM)
+    for name in ("a", "b"):
+        client.put(f"/upload/{name}.tgz", tar_gz({name: name.encode()}))
+    held = [client.put(f"/upload/{n}.txt", f"held {n}".encode()).json for n in ("c", "d")]
+    fds = [os.open(store_root / answer["path"]["blob"], os.O_RDONLY) for answer in held]
+    try:
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # what an upload relying on it holds
+        report = collector(store_root, later=1, **NOW).run()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert (report.trees, report.blobs, report.notes, report.skipped) == (2, 4, 2, 2)
