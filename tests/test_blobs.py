@@ -14,7 +14,7 @@ from helpers import MD5_COLLISION_A, MD5_COLLISION_B, md5
 
 from bucketdav.errors import ChecksumCollision, StoreFull
 from bucketdav.store import blobs
-from bucketdav.store.blobs import MIN_FREE_INODES, Store
+from bucketdav.store.blobs import LEFTOVER_AGE, MIN_FREE_INODES, Store
 
 
 @pytest.fixture
@@ -201,3 +201,21 @@ def test_check_space_at_its_bounds(store, monkeypatch, free, incoming, inodes, m
     else:
         with pytest.raises(StoreFull, match=f"^{re.escape(message)}"):
             store.check_space(incoming)
+
+
+def test_clear_staging_counts_what_it_removes_and_keeps_what_is_a_day_old_exactly(store):
+    now = 2_000_000_000
+    (store.staging / "up-mine").write_bytes(b"my leftover")
+    (store.staging / "tree-mine").mkdir()
+    other = store.staging_root / "node-x"
+    other.mkdir()
+    for name, age in (("up-a-day", LEFTOVER_AGE), ("up-older", LEFTOVER_AGE + 1)):
+        (other / name).write_bytes(b"another node's")
+        os.utime(other / name, (now - age, now - age))
+    (store.staging_root / "up-earlier-layout").write_bytes(b"x")
+    os.utime(store.staging_root / "up-earlier-layout", (now - LEFTOVER_AGE - 1,) * 2)
+    assert store.clear_staging(now=now) == 4
+    assert staged_names(store) == []
+    assert sorted(p.name for p in other.iterdir()) == ["up-a-day"]
+    assert sorted(p.name for p in store.staging_root.iterdir()) == sorted(["node-x", store.node])
+    assert store.clear_staging(now=now) == 0
