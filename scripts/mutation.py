@@ -85,7 +85,11 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     # test_collect_race.py is left out: under mutmut's tracing its collector, slowed down,
     # collects nothing in the time the race allows, and the clean run fails.
-    "bucketdav/store/collect.py": ("tests/test_collect_order.py", "tests/test_collect.py"),
+    "bucketdav/store/collect.py": (
+        "tests/test_collect_mutants.py",
+        "tests/test_collect_order.py",
+        "tests/test_collect.py",
+    ),
 }
 # Where only part of a module is safety-critical, or only part runs in-process, the
 # functions to mutate (the rest of receive.py is Cheroot's chunked reader: live tests only).
