@@ -3,8 +3,9 @@ at that very moment all end whole (or, deployed by checksum, with 404), never wi
 
 A collector thread runs collection over and over (everything unreferenced goes at once)
 while each round uploads new content without a replica (unreferenced: the collector takes
-it), then at once uploads it again with a replica and deploys it by checksum. The same
-loop with the upload side's fallbacks taken out shows it catches what they prevent.
+it), then, in half the rounds after waiting for a run to begin, uploads it again with a
+replica and deploys it by checksum while a run plans and takes. The same loop with the
+upload side's fallbacks taken out shows it catches what they prevent.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from bucketdav.uploads.archives import tree as tree_module
 
 ENV = {"REPLICATE_0": "race/${Topic}", "BUCKETDAV_GC_UNREFERENCED_DAYS": "0"}
 ROUNDS = 40
-BUDGET = 6.0
+MAX_ROUNDS = 120  # more rounds only while the collector has taken too little to show a race
+BUDGET = 12.0
+# A change time in the same clock tick as a run's start counts as after it (never taken).
+TICK = 0.02
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Outcome:
     collected: int = 0
     rounds: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    runs: int = 0
+    run_started: threading.Condition = field(default_factory=threading.Condition)
 
     def bad(self, text: str) -> None:
         with self.lock:
@@ -62,6 +68,9 @@ def run_race(make_client: Callable, store_root: Path) -> Outcome:
 
     def collect() -> None:
         while not stop.is_set():
+            with outcome.run_started:
+                outcome.runs += 1
+                outcome.run_started.notify_all()
             report = Collector(store, settings).run()
             if not report.success:
                 outcome.bad(f"collection failed: {report.error}")
@@ -86,11 +95,19 @@ def run_race(make_client: Callable, store_root: Path) -> Outcome:
     collector.start()
     deadline = time.monotonic() + BUDGET
     try:
-        for index in range(ROUNDS):
-            if time.monotonic() > deadline:
+        for index in range(MAX_ROUNDS):
+            if time.monotonic() > deadline or (index >= ROUNDS and outcome.collected >= 5):
                 break
             name, data = content(index)
             put(clients[0], name, data, {})
+            if index % 4 < 2:
+                # Half the rounds race the run that starts next, the first that can see this
+                # content as unreferenced: it is then sure to take some. The others race
+                # whatever run is under way, at any step of it.
+                time.sleep(TICK)
+                with outcome.run_started:
+                    seen = outcome.runs
+                    outcome.run_started.wait_for(lambda seen=seen: outcome.runs > seen, timeout=5)
             deploy = {"X-Checksum-Deploy": "true", "X-Checksum": md5(data), "Topic": f"d{index}"}
             racers = [
                 threading.Thread(target=put, args=(clients[1], name, data, {"Topic": f"r{index}"})),
