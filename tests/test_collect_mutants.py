@@ -173,3 +173,35 @@ def test_collect_counts_every_note_it_removes_and_every_blob_it_leaves(make_clie
         for fd in fds:
             os.close(fd)
     assert (report.trees, report.blobs, report.notes, report.skipped) == (2, 4, 2, 2)
+
+
+def test_collect_run_without_rules_says_so_and_touches_nothing(make_client, store_root):
+    make_client(**TEAM).put("/upload/a.txt", b"never collected")
+    report = collector(store_root, later=30 * DAY).run()
+    assert (report.rules, report.dry_run, report.success, report.removed) == (
+        False,
+        False,
+        True,
+        [],
+    )
+    assert not (store_root / "gc").exists()
+    dry = collector(store_root, BUCKETDAV_KEEP_LAST="1").run(dry_run=True)
+    assert (dry.rules, dry.dry_run, dry.success) == (True, True, True)
+
+
+def test_collect_run_that_cannot_open_its_lock_reports_the_error(make_client, store_root):
+    make_client(**TEAM).put("/upload/a.txt", b"stays")
+    (store_root / "gc" / "lock").mkdir(parents=True)  # not a file: open() fails
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.removed) == (False, [])
+    assert report.error == f"Is a directory: {store_root / 'gc' / 'lock'}"
+    assert 0 < report.seconds < 60
+
+
+def test_collect_run_refuses_a_gc_folder_that_is_a_link(make_client, store_root):
+    make_client(**TEAM)
+    (store_root.parent / "outside" / "gc").mkdir()
+    (store_root / "gc").symlink_to(store_root.parent / "outside" / "gc")
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.error) == (False, "gc is not a folder; nothing done")
+    assert list((store_root.parent / "outside" / "gc").iterdir()) == []
