@@ -219,3 +219,41 @@ def test_clear_staging_counts_what_it_removes_and_keeps_what_is_a_day_old_exactl
     assert sorted(p.name for p in other.iterdir()) == ["up-a-day"]
     assert sorted(p.name for p in store.staging_root.iterdir()) == sorted(["node-x", store.node])
     assert store.clear_staging(now=now) == 0
+
+
+@pytest.mark.parametrize("name", ["ab" * 15, "X" * 32, "ABCDEF" + "0" * 26])
+def test_find_decompressed_ignores_a_note_naming_what_is_no_digest(store, name):
+    # Shaped like a blob's path, with a file there: still not a blob this store could hold.
+    stray = store.blobs / name[:2] / name[2:4] / name
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"not a blob")
+    compressed = md5(b"some upload")
+    note = store.note_path(compressed)
+    note.parent.mkdir(parents=True)
+    note.symlink_to(os.path.relpath(stray, note.parent))
+    assert store.find_decompressed(compressed) is None
+
+
+def test_clear_staging_removes_a_link_to_a_folder_without_following_it(store, tmp_path):
+    outside = tmp_path / "outside" / "folder"
+    outside.mkdir()
+    (outside / "kept").write_bytes(b"not the store's")
+    (store.staging / "tree-link").symlink_to(outside)
+    assert store.clear_staging() == 1
+    assert staged_names(store) == []
+    assert (outside / "kept").read_bytes() == b"not the store's"
+
+
+def test_clear_staging_entry_another_node_removed_meanwhile_is_no_error(store, monkeypatch):
+    leftover = store.staging / "up-leftover"
+    leftover.write_bytes(b"x")
+    real_unlink = os.unlink
+
+    def removed_first(path, *args, **kwargs):
+        if os.fspath(path) == str(leftover):
+            real_unlink(path)  # another node starting at the same time took it
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", removed_first)
+    assert store.clear_staging() == 1
+    assert staged_names(store) == []
