@@ -205,3 +205,25 @@ def test_collect_run_refuses_a_gc_folder_that_is_a_link(make_client, store_root)
     report = collector(store_root, later=1, **NOW).run()
     assert (report.success, report.error) == (False, "gc is not a folder; nothing done")
     assert list((store_root.parent / "outside" / "gc").iterdir()) == []
+
+
+def test_collect_of_a_blob_whose_fan_out_folder_went_meanwhile_skips_it(
+    make_client, store_root, monkeypatch, tmp_path
+):
+    digest = md5(b"moved away")
+    make_client(**TEAM).put("/upload/a.txt", b"moved away")
+    # A file of that name in the working folder: never the collector's to take.
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / digest).write_bytes(b"not in the store")
+    monkeypatch.chdir(here)
+    real_take = Collector._take
+
+    def folder_gone_first(self, item, *args, **kwargs):
+        os.rename(store_root / "blob" / digest[:2], tmp_path / "outside" / "moved")
+        return real_take(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(Collector, "_take", folder_gone_first)
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.removed, report.skipped) == (True, [], 1)
+    assert (here / digest).read_bytes() == b"not in the store"
