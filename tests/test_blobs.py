@@ -257,3 +257,54 @@ def test_clear_staging_entry_another_node_removed_meanwhile_is_no_error(store, m
     monkeypatch.setattr(os, "unlink", removed_first)
     assert store.clear_staging() == 1
     assert staged_names(store) == []
+
+
+@pytest.mark.parametrize(("files", "free"), [(0, None), (1000, 7)])
+def test_free_inodes_is_none_where_the_file_system_counts_none(store, monkeypatch, files, free):
+    counts = os.statvfs(store.root)
+    fake = os.statvfs_result((*counts[:5], files, 3, 7, *counts[8:]))
+    monkeypatch.setattr(os, "statvfs", lambda path: fake)
+    assert store.free_inodes() == free
+
+
+def test_remember_decompressed_flushes_the_note_it_writes(store, monkeypatch):
+    tar = store.ingest([b"a tar"])
+    compressed = md5(b"its upload")
+    flushed = []
+    monkeypatch.setattr(blobs, "fsync_up", lambda folder, top: flushed.append((folder, top)))
+    store.remember_decompressed(compressed, tar)
+    assert flushed == [(store.note_path(compressed).parent, store.notes)]
+    assert store.find_decompressed(compressed).path == tar.path
+
+
+def test_remember_decompressed_tries_a_last_time_after_eight_rounds(store, monkeypatch):
+    tar = store.ingest([b"another tar"])
+    compressed = md5(b"another upload")
+    real_replace = os.replace
+    calls = []
+
+    def folder_removed(src, dst):
+        calls.append(dst)
+        if len(calls) <= 8:
+            raise FileNotFoundError(errno.ENOENT, "removed by collection", dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", folder_removed)
+    store.remember_decompressed(compressed, tar)
+    assert calls == [store.note_path(compressed)] * 9
+    assert os.readlink(store.note_path(compressed)) == os.path.relpath(
+        tar.path, store.note_path(compressed).parent
+    )
+    assert staged_names(store) == []
+
+
+def test_remember_decompressed_that_fails_leaves_nothing_in_staging(store, monkeypatch):
+    tar = store.ingest([b"a third tar"])
+
+    def refused(src, dst):
+        raise OSError(errno.EIO, "replace failed")
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(OSError, match="replace failed"):
+        store.remember_decompressed(md5(b"a third upload"), tar)
+    assert staged_names(store) == []
