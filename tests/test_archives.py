@@ -432,6 +432,37 @@ def test_archives_concatenated_gzip_members_decompress_whole(store):
     assert outcome.decompressed.path.read_bytes() == b"one\ntwo\n"
 
 
+def _gzip_with_header_crc(data: bytes, *, damaged: bool) -> bytes:
+    """`data` gzipped with every optional header field, FHCRC last (RFC 1952 2.3.1)."""
+    head = b"\x1f\x8b\x08\x1e\x00\x00\x00\x00\x00\x03" + struct.pack("<H", 4) + b"xtra"
+    head += b"name\x00comment\x00"
+    crc = zlib.crc32(head) & 0xFFFF
+    head += struct.pack("<H", crc ^ 0xFFFF if damaged else crc)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    return head + body + struct.pack("<II", zlib.crc32(data), len(data))
+
+
+def test_archives_gzip_with_every_header_field_and_zero_padding_decompresses(store):
+    data = _gzip_with_header_crc(b"fields\n", damaged=False) + bytes(100)
+    assert run(store, data, "x.gz").decompressed.path.read_bytes() == b"fields\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_gzip_with_header_crc(b"fields\n", damaged=True), id="header-crc"),
+        pytest.param(gzip.compress(b"one\n") + b"\x00\x00garbage", id="garbage-after-padding"),
+    ],
+)
+def test_archives_gzip_damaged_header_or_tail_is_refused(store, data):
+    with pytest.raises(UnsafeArchive) as caught:
+        run(store, data, "x.gz")
+    assert caught.value.member == "x.gz"
+    assert "truncated or malformed" in str(caught.value)
+    assert list(store.staging.iterdir()) == []
+
+
 def test_archives_plain_file_is_left_alone(store):
     outcome = run(store, b"just text\n", "notes.txt")
     assert outcome.decompressed is None and outcome.archive is None

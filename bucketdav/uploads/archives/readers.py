@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from isal import isal_zlib
+
 from bucketdav.errors import UnsafeArchive
 from bucketdav.uploads.archives.members import Kind, refuse
 from bucketdav.uploads.archives.tarformat import (
@@ -59,6 +61,7 @@ ARCHIVE_ERRORS = (
     zipfile.LargeZipFile,
     EOFError,
     zlib.error,
+    isal_zlib.error,
     lzma.LZMAError,
     OSError,
     ValueError,
