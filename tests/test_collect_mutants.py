@@ -3,16 +3,20 @@ is learned of compressed blobs without a note, the report's counts, and the clea
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gzip
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import make_settings
 from helpers import md5, tar_gz
 from test_collect import NIGHTLY, TEAM, collector
 
+from bucketdav.errors import StoreFull
 from bucketdav.store.blobs import Store
 from bucketdav.store.collect import Collector, policy_of
 from bucketdav.store.expire import Removed
@@ -227,3 +231,72 @@ def test_collect_of_a_blob_whose_fan_out_folder_went_meanwhile_skips_it(
     report = collector(store_root, later=1, **NOW).run()
     assert (report.success, report.removed, report.skipped) == (True, [], 1)
     assert (here / digest).read_bytes() == b"not in the store"
+
+
+def first_below(limit: str, make: Callable[[int], bytes]) -> bytes:
+    """The first of make(0), make(1), … whose MD5 sorts before `limit` (the plan's order)."""
+    for index in range(10_000):
+        data = make(index)
+        if md5(data) < limit:
+            return data
+    raise AssertionError(f"no content sorts before {limit}")
+
+
+def lose_note(root: Path, digest: str) -> Path:
+    note = root / "decompressed" / digest[:2] / digest[2:4] / digest
+    note.unlink()  # a store from before notes, or a note lost
+    return note
+
+
+def test_collect_learns_a_lost_note_past_a_tree_that_goes_and_blobs_of_no_tree(
+    make_client, store_root
+):
+    client = make_client(**TEAM)
+    kept = client.put("/upload/a.tgz", tar_gz({"a": b"kept tree"}), headers=NIGHTLY).json
+    gone = client.put("/upload/b.tgz", tar_gz({"b": b"tree that goes"})).json
+    # Before the kept tree's archive in the plan: a plain blob, and a compressed one that
+    # decompresses to no tree; the tree that goes comes first of all. Each is looked at
+    # and passed over, and nothing is noted for what goes.
+    limit = kept["checksum"]["blob"]
+    plain = first_below(limit, lambda i: b"a plain blob, no archive %d" % i)
+    plain = client.put("/upload/p.bin", plain).json
+    packed = first_below(limit, lambda i: gzip.compress(b"log line %d\n" % i, mtime=0))
+    log = client.put("/upload/log.gz", packed).json
+    for answer in (kept, gone, log):
+        lose_note(store_root, answer["checksum"]["blob"])
+    # The tar of the tree that goes has another link: it stays, and the tree still goes.
+    os.link(store_root / gone["path"]["decompressed"], store_root.parent / "outside" / "b.tar")
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.notes, report.skipped) == (True, 0, 0)
+    assert sorted((r.kind, r.path) for r in report.removed) == sorted(
+        [
+            ("tree", gone["path"]["archive"] + "/"),
+            ("blob", gone["path"]["blob"]),
+            ("blob", plain["path"]["blob"]),
+            ("blob", log["path"]["blob"]),
+            ("blob", log["path"]["decompressed"]),
+        ]
+    )
+    assert (store_root / kept["path"]["blob"]).exists()
+    note = store_root / "decompressed" / limit[:2] / limit[2:4] / limit
+    assert os.readlink(note).endswith(kept["checksum"]["decompressed"])
+
+
+@pytest.mark.parametrize(
+    "failure", [StoreFull("the disk is full"), OSError(errno.EIO, "write failed")]
+)
+def test_collect_keeps_the_archive_when_its_learned_note_cannot_be_written(
+    make_client, store_root, monkeypatch, failure
+):
+    client = make_client(**TEAM)
+    answer = client.put("/upload/t.tgz", tar_gz({"a": b"1"}), headers=NIGHTLY).json
+    note = lose_note(store_root, answer["checksum"]["blob"])
+
+    def fails(self, compressed, decompressed):
+        raise failure
+
+    monkeypatch.setattr(Store, "remember_decompressed", fails)
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.removed) == (True, [])
+    assert (store_root / answer["path"]["blob"]).exists()
+    assert not os.path.lexists(note)  # only a hint: learned again next time
