@@ -18,7 +18,7 @@ from test_collect import NIGHTLY, TEAM, collector
 
 from bucketdav.errors import StoreFull
 from bucketdav.store.blobs import Store
-from bucketdav.store.collect import Collector, policy_of
+from bucketdav.store.collect import Collector, Stopped, policy_of
 from bucketdav.store.expire import Removed
 from bucketdav.store.retention import DAY, Policy, Rules
 
@@ -300,3 +300,58 @@ def test_collect_keeps_the_archive_when_its_learned_note_cannot_be_written(
     assert (report.success, report.removed) == (True, [])
     assert (store_root / answer["path"]["blob"]).exists()
     assert not os.path.lexists(note)  # only a hint: learned again next time
+
+
+def test_collect_after_a_tree_it_could_not_take_still_takes_what_follows(
+    make_client, store_root, monkeypatch
+):
+    client = make_client(**TEAM)
+    client.put("/upload/build.tgz", tar_gz({"a": b"tree file"}))
+    lone = client.put("/upload/lone.bin", b"goes all the same").json
+    real_take = Collector._take
+
+    def trees_held(self, item, *args, **kwargs):
+        return None if item.kind == "tree" else real_take(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(Collector, "_take", trees_held)
+    report = collector(store_root, later=1, **NOW).run()
+    # The tree, then the .tgz and the tar it keeps, are left; the lone blob after them goes.
+    assert [r.path for r in report.removed] == [lone["path"]["blob"]]
+    assert report.skipped == 3
+
+
+def test_collect_prunes_every_fan_out_folder_it_emptied_past_one_still_in_use(
+    make_client, store_root
+):
+    client = make_client(**TEAM)
+    first = min(md5(b"lone %d" % i) for i in range(2))
+    for index in range(2):
+        client.put(f"/upload/{index}.bin", b"lone %d" % index)
+    # Something else in the first one's folder: that folder stays, the second one's goes.
+    (store_root / "blob" / first[:2] / first[2:4] / "stray").write_bytes(b"not a blob")
+    report = collector(store_root, later=1, **NOW).run()
+    assert report.blobs == 2
+    assert fanned(store_root, "blob") == [
+        first[:2],
+        f"{first[:2]}/{first[2:4]}",
+        f"{first[:2]}/{first[2:4]}/stray",
+    ]
+
+
+def test_collect_asked_to_stop_during_its_walk_removes_nothing(make_client, store_root):
+    client = make_client(**TEAM)
+    lone = client.put("/upload/lone.bin", b"stays this time").json
+    stray = store_root / "blob" / "00" / "00"
+    stray.mkdir(parents=True)
+    for index in range(200):  # the walk pauses every 200 entries
+        (stray / f"stray-{index}").write_bytes(b"")
+    stops = []
+
+    def stop() -> None:
+        stops.append(1)
+        raise Stopped
+
+    report = collector(store_root, later=1, pause=stop, **NOW).run()
+    assert (report.success, report.error) == (False, "stopped before the end (shutting down)")
+    assert (report.removed, stops) == ([], [1])
+    assert (store_root / lone["path"]["blob"]).exists()
