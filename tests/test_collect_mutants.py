@@ -65,7 +65,10 @@ def test_collect_of_an_unreferenced_archive_reports_each_path_and_leaves_no_fold
     answer = make_client(**TEAM).put("/upload/t.tgz", data).json
     tar = store_root / answer["path"]["decompressed"]
     size = tar.stat().st_size
+    descriptors = len(os.listdir("/proc/self/fd"))
     report = collector(store_root, later=1, **NOW).run()
+    assert len(os.listdir("/proc/self/fd")) == descriptors  # every folder opened is closed
+    assert list((store_root / "gc" / "candidates").iterdir()) == []
     assert (report.success, report.error, report.skipped, report.notes) == (True, None, 0, 1)
     assert report.removed == [
         Removed(answer["path"]["archive"] + "/", "tree", 0, "unreferenced 0 days"),
@@ -355,3 +358,65 @@ def test_collect_asked_to_stop_during_its_walk_removes_nothing(make_client, stor
     assert (report.success, report.error) == (False, "stopped before the end (shutting down)")
     assert (report.removed, stops) == ([], [1])
     assert (store_root / lone["path"]["blob"]).exists()
+
+
+def test_collect_keeps_what_a_held_compressed_blob_decompresses_to(make_client, store_root):
+    answer = make_client(**TEAM).put("/upload/log.gz", gzip.compress(b"a log\n" * 10)).json
+    fd = os.open(store_root / answer["path"]["blob"], os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # an upload relying on it (and on its note) holds it
+        report = collector(store_root, later=1, **NOW).run()
+    finally:
+        os.close(fd)
+    # The compressed blob stays: so do its note and the blob the note names.
+    assert (report.removed, report.skipped) == ([], 2)
+    assert (store_root / answer["path"]["decompressed"]).exists()
+
+
+def test_collect_of_a_noted_blob_whose_note_went_meanwhile_still_takes_it(
+    make_client, store_root, monkeypatch
+):
+    make_client(**TEAM).put("/upload/log.gz", gzip.compress(b"a log\n" * 10))
+    real_take = Collector._take
+
+    def note_gone_first(self, item, *args, **kwargs):
+        note = store_root / "decompressed" / item.digest[:2] / item.digest[2:4] / item.digest
+        if os.path.lexists(note):
+            note.unlink()
+        return real_take(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(Collector, "_take", note_gone_first)
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.blobs, report.notes) == (True, 2, 1)
+
+
+def test_collect_blob_linked_after_the_plan_is_kept_whatever_its_change_time(
+    make_client, store_root, monkeypatch
+):
+    # A clock a day ahead: the change time of the new link is older than the cutoff, so
+    # only the link count tells that the blob is in use again.
+    blob = store_root / make_client(**TEAM).put("/upload/a.txt", b"linked").json["path"]["blob"]
+    real_take = Collector._take
+
+    def linked_first(self, item, *args, **kwargs):
+        os.link(blob, store_root.parent / "outside" / "a.txt")
+        return real_take(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(Collector, "_take", linked_first)
+    report = collector(store_root, later=DAY, **NOW).run()
+    assert (report.success, report.blobs, report.skipped) == (True, 0, 1)
+    assert blob.read_bytes() == b"linked"
+
+
+def test_collect_blob_gone_after_it_was_opened_is_skipped(make_client, store_root, monkeypatch):
+    blob = store_root / make_client(**TEAM).put("/upload/a.txt", b"gone").json["path"]["blob"]
+    real_lstat = os.lstat
+
+    def removed_first(path, *args, **kwargs):
+        if path == blob.name and kwargs.get("dir_fd") is not None:
+            os.rename(blob, store_root.parent / "outside" / "a.txt")  # someone else took it
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", removed_first)
+    report = collector(store_root, later=1, **NOW).run()
+    assert (report.success, report.blobs, report.skipped) == (True, 0, 1)
