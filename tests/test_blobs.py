@@ -308,3 +308,30 @@ def test_remember_decompressed_that_fails_leaves_nothing_in_staging(store, monke
     with pytest.raises(OSError, match="replace failed"):
         store.remember_decompressed(md5(b"a third upload"), tar)
     assert staged_names(store) == []
+
+
+def test_make_folders_tries_a_last_time_after_eight_rounds(tmp_path, monkeypatch):
+    target = tmp_path / "ab" / "cd"
+    target.mkdir(parents=True)  # made meanwhile by a twin upload: no error either
+    real_makedirs = os.makedirs
+    calls = []
+
+    def parent_removed(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) <= 8:
+            raise FileNotFoundError(errno.ENOENT, "removed by collection", path)
+        return real_makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", parent_removed)
+    blobs.make_folders(target)
+    assert calls == [target] * 9
+
+
+def test_clear_staging_never_follows_a_link_in_staging_to_a_folder(store, tmp_path):
+    outside = tmp_path / "outside" / "node-folder"
+    outside.mkdir(parents=True)
+    (outside / "old").write_bytes(b"not the store's")
+    os.utime(outside / "old", (1, 1))
+    (store.staging_root / "node-link").symlink_to(outside)
+    store.clear_staging()
+    assert (outside / "old").read_bytes() == b"not the store's"
