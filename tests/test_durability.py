@@ -278,6 +278,39 @@ def test_upload_tree_flushes_its_files_before_linking_them_as_blobs(upload, reco
     assert any(call == "syncfs" and path.startswith("staging/") for call, path in calls[:link])
 
 
+def test_upload_tgz_tree_links_its_tar_between_its_two_flushes_without_flushes_of_its_own(
+    upload, recorder
+):
+    data = tar_gz({"a/one.txt": b"first member", "a/two.txt": b"second member"})
+    answer = upload(data, "build.tgz")
+    calls = recorder.calls
+    flushes = [index for index, (call, _path) in enumerate(calls) if call == "syncfs"]
+    assert len(flushes) == 2
+    first, second = flushes
+    digest = md5(data)
+    note = f"decompressed/{digest[:2]}/{digest[2:4]}/{digest}"
+    for made in (
+        ("link", blob_of(b"first member")),
+        ("link", blob_of(b"second member")),
+        ("link", blob_of(gzip.decompress(data))),
+        ("replace", note),
+    ):
+        assert first < calls.index(made) < second, made
+    rename = next(i for i, (call, path) in enumerate(calls) if call == "rename")
+    assert calls[rename][1] == answer[2] and second < rename
+    assert [call for call in calls[first:rename] if call[0] == "fsync"] == []
+    assert_durable(calls, answer)
+
+
+def test_upload_large_tree_starts_flushing_while_it_is_written(upload, recorder, monkeypatch):
+    monkeypatch.setattr(tree, "_WRITEBACK_EVERY", 64 << 10)
+    members = {f"f{index}.bin": os.urandom(100 << 10) for index in range(4)}
+    upload(tar_gz(members), "big.tgz")
+    calls = recorder.calls
+    first_link = min(calls.index(("link", blob_of(data))) for data in members.values())
+    assert sum(call == "syncfs" for call, _path in calls[:first_link]) >= 2
+
+
 def test_upload_tree_that_already_exists_flushes_its_way_down(upload, recorder):
     data = tar_gz({"a/report.txt": b"again"})
     upload(data, "build.tgz")

@@ -260,13 +260,17 @@ class Store:
         """Where the note of what the compressed blob `digest` decompresses to lives."""
         return self.notes / digest[:2] / digest[2:4] / digest
 
-    def remember_decompressed(self, compressed: str, decompressed: Blob) -> None:
+    def remember_decompressed(
+        self, compressed: str, decompressed: Blob, *, synced: bool = False
+    ) -> None:
         """Note that the blob `compressed` decompresses to `decompressed` (see DECOMPRESSED).
 
         Called once `decompressed` is committed (flushed), so a note never names a blob that
         a crash could lose. Made in staging/ and renamed over whatever note is there (twins
         write the same one; a damaged one is mended). It is flushed: it is also how a tree
         remembers the compressed upload it came from, which collection keeps with the tree.
+        `synced`: the blob was committed with synced=True and the caller flushes the whole
+        file system before it relies on either (a tree's second flush): no flush here.
         """
         note = self.note_path(compressed)
         temp = self.staging / f"note-{uuid.uuid4().hex}"
@@ -286,7 +290,8 @@ class Store:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
-            fsync_up(note.parent, self.notes)
+            if not synced:
+                fsync_up(note.parent, self.notes)
 
     def find_decompressed(self, compressed: str) -> Blob | None:
         """The blob noted as what `compressed` decompresses to, while stored (find_flushed)."""
@@ -334,11 +339,14 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged.path)
 
-    def commit(self, staged: StagedFile) -> Blob:
+    def commit(self, staged: StagedFile, *, synced: bool = False) -> Blob:
         """Flush the staged file and link it in as its blob; dedup, never substitute content.
 
         Known content is not flushed (its staged copy is dropped, see _adopt); either way
-        every folder down to the blob is flushed before the caller answers.
+        every folder down to the blob is flushed before the caller answers. `synced`: the
+        caller flushed the whole file system after the staged file was whole, and flushes it
+        again before it answers or relies on the blob (a tree's two flushes, TreeBuilder.link),
+        so neither the file nor the folders are flushed here.
         """
         digest = staged.hexdigest()
         dest = self.blob_path(digest)
@@ -346,7 +354,7 @@ class Store:
             # Collection may take a known blob between our look and our link: then this copy
             # becomes the blob (and a twin may link its own first); a few rounds settle it.
             for _ in range(_ATTEMPTS):
-                if not dest.exists() and _link_flushed(staged, dest):
+                if not dest.exists() and _link_flushed(staged, dest, synced=synced):
                     created = True
                     break
                 if self._adopt(staged, dest):
@@ -354,7 +362,8 @@ class Store:
                     break
             else:
                 raise OSError(errno.EAGAIN, "the blob kept appearing and vanishing", str(dest))
-            self.flush_way(dest)
+            if not synced:
+                self.flush_way(dest)
         return Blob(digest, dest, staged.size, created=created)
 
     def _adopt(self, staged: StagedFile, dest: Path) -> bool:
@@ -462,13 +471,15 @@ def _remove_entry(entry: os.DirEntry[str]) -> None:
             os.unlink(entry.path)
 
 
-def _link_flushed(staged: StagedFile, dest: Path) -> bool:
-    """Flush `staged`, then link it as `dest`, making its fan-out folders when missing.
+def _link_flushed(staged: StagedFile, dest: Path, *, synced: bool = False) -> bool:
+    """Flush `staged` (unless `synced`: flushed already), then link it as `dest`, making its
+    fan-out folders when missing.
 
     False when `dest` is there already (a twin upload linked the same content first).
     """
     if staged.fd >= 0:
-        os.fsync(staged.fd)
+        if not synced:
+            os.fsync(staged.fd)
         os.close(staged.fd)
         staged.fd = -1
         os.chmod(staged.path, 0o444)

@@ -207,17 +207,18 @@ class Inflation:
         if self.error is not None:
             raise self.error
 
-    def commit(self, holds: Holds) -> Blob:
+    def commit(self, holds: Holds, *, synced: bool = False) -> Blob:
         """The decompressed blob, once it is whole; noted as what the compressed blob gives.
 
         Held in `holds` for the rest of the upload: the staged name that keeps it from
-        collection goes when the decompression ends.
+        collection goes when the decompression ends. `synced`: the caller flushed the file
+        system since the file was whole and flushes it again before answering (Store.commit).
         """
         self.wait()
-        decompressed = self.store.commit(self.staged)
+        decompressed = self.store.commit(self.staged, synced=synced)
         if not holds.blob(decompressed.path):
             raise OSError(errno.ENOENT, "a blob vanished while linked", str(decompressed.path))
-        self.store.remember_decompressed(self.blob.digest, decompressed)
+        self.store.remember_decompressed(self.blob.digest, decompressed, synced=synced)
         return decompressed
 
 
@@ -233,7 +234,8 @@ def _extract_inflating(
     members = tar_members(inflation.path, inflation.name, follow=inflation.follow)
 
     def finish() -> Blob:
-        outcome.decompressed = inflation.commit(outcome.holds)
+        # Between the tree's two flushes, which cover the tar's bytes and its names.
+        outcome.decompressed = inflation.commit(outcome.holds, synced=True)
         return outcome.decompressed
 
     try:
@@ -241,6 +243,7 @@ def _extract_inflating(
             inflation.store,
             members,
             finish,
+            ready=inflation.wait,
             max_bytes=max_bytes,
             max_files=max_files,
             holds=outcome.holds,
@@ -287,20 +290,24 @@ def _extract(
     members: Iterator[Member],
     finish: Callable[[], Blob],
     *,
+    ready: Callable[[], None] = lambda: None,
     max_bytes: int,
     max_files: int,
     holds: Holds,
 ) -> Tree:
     """Build the tree of `members` in staging/ and rename it in under the archive's digest.
 
-    `finish()` gives the archive's blob once every member is written.
+    `ready()` returns once the archive's own file is whole (it may still be being written
+    when the last member is read); `finish()` gives the archive's blob, between the tree's
+    two flushes (TreeBuilder.link).
     """
     with store.staging_dir() as root:
         # Any digest of the store's algorithm names a path of the same length.
         longest = store.tree_path("0" * 2 * store.digest_size)
         builder = TreeBuilder(store, root, max_bytes=max_bytes, max_files=max_files, final=longest)
         builder.build(members)
-        blob = finish()
+        ready()
+        blob = builder.link(finish)
         final = store.tree_path(blob.digest)
         created = publish(root, final, holds=holds)
     if not created:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from bucketdav.errors import ChecksumCollision, UnsafeArchive
 from bucketdav.store.blobs import Store, make_folders
@@ -26,8 +29,13 @@ from bucketdav.uploads.archives.members import (
 from bucketdav.uploads.archives.readers import Member
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SPACE_CHECK_EVERY = 16 << 20
+# Every so many bytes written, a flush of the file system starts in a thread of its own, so
+# that the disk writes the tree while the archive is still being read, and the flush that
+# orders the links (TreeBuilder.link) finds little left to do.
+_WRITEBACK_EVERY = 16 << 20
 # The kernel refuses paths of PATH_MAX bytes or more (ENAMETOOLONG), NUL included.
 _PATH_MAX = 4096
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -50,6 +58,34 @@ class _File:
         self.path = path
         self.digest = digest
         self.blob = ""
+
+
+class _Writeback:
+    """Early flushes of the file system holding `root`, each in a thread of its own.
+
+    Only a head start: the flush in TreeBuilder.link orders the links, so a failure here
+    is left for that one to meet. One at a time; the builder waits for the last one.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start a flush unless one is still running."""
+        if self.thread is not None and self.thread.is_alive():
+            return
+        self.thread = threading.Thread(target=self._flush, name="flush", daemon=True)
+        self.thread.start()
+
+    def _flush(self) -> None:
+        with contextlib.suppress(OSError):
+            syncfs(self.root)
+
+    def finish(self) -> None:
+        """Wait for the flush under way, if any."""
+        if self.thread is not None:
+            self.thread.join()
 
 
 class TreeBuilder:
@@ -78,6 +114,8 @@ class TreeBuilder:
         self.members = 0
         self.bytes = 0
         self.space_check = _SPACE_CHECK_EVERY
+        self.next_writeback = _WRITEBACK_EVERY
+        self.writeback = _Writeback(self.root)
         self.blob_root = str(store.blobs)
         # Every path must fit PATH_MAX here in staging/ and where the tree will be renamed to.
         longer_there = len(os.fsencode(final)) - len(os.fsencode(root)) if final else 0
@@ -89,13 +127,43 @@ class TreeBuilder:
         return len(self.records)
 
     def build(self, members: Iterable[Member]) -> None:
-        """Check and write every member, then link each file to its blob; all in staging/."""
-        for member in members:
-            self.add(member)
-        self.layout.check_symlinks()
-        for link in self.layout.symlinks:
-            os.symlink(link.target, self._dest(link.path))
-        self._link_blobs()
+        """Check and write every member below the root, in staging/; nothing is linked yet."""
+        try:
+            for member in members:
+                self.add(member)
+            self.layout.check_symlinks()
+            for link in self.layout.symlinks:
+                os.symlink(link.target, self._dest(link.path))
+        finally:
+            self.writeback.finish()
+
+    def link(self, archive: Callable[[], T]) -> T:
+        """Flush the tree, make every file its blob's inode, and flush again; returns archive().
+
+        Two flushes of the whole file system (instead of an fsync per file and folder) make
+        the order every crash must respect; staged files and trees are private until linked
+        or renamed in, and the rename that publishes the tree is flushed by the caller:
+        1. every byte written (the tree's files, and the archive's own staged file, which
+           the caller completed before this) is on disk before any of it gets a public name
+           as a blob: a blob is never exposed before its bytes;
+        2. `archive()` links the archive's blob and its notes without flushes of their own,
+           relying on 1 for its bytes and on 2 for its names;
+        3. every blob name, the tree's second names and modes, and the archive's blob are on
+           disk before the caller renames the tree in: a tree is never exposed before its
+           files are blobs, nor before the archive it remembers as its source.
+        """
+        with disk_full_as_store_full():
+            for directory in self.dirs:
+                os.chmod(directory, 0o755)
+            syncfs(self.root)
+            for numbered in enumerate(self.written):
+                self._link_blob(numbered)
+            for link in self.links:
+                self._place(link)
+        blob = archive()
+        with disk_full_as_store_full():
+            syncfs(self.root)
+        return blob
 
     def add(self, member: Member) -> None:
         """Decide `member` and, if it is safe, write it; UnsafeArchive otherwise."""
@@ -209,6 +277,9 @@ class TreeBuilder:
             if self.bytes >= self.space_check:
                 self.space_check = self.bytes + _SPACE_CHECK_EVERY
                 self.store.check_space(0)
+            if self.bytes >= self.next_writeback:
+                self.next_writeback = self.bytes + _WRITEBACK_EVERY
+                self.writeback.start()
             yield chunk
 
     def _blob_of(self, digest: str) -> str:
@@ -234,20 +305,6 @@ class TreeBuilder:
             name,
             f"takes the extracted data past BUCKETDAV_EXTRACT_MAX_BYTES ({self.max_bytes} bytes)",
         )
-
-    def _link_blobs(self) -> None:
-        """Flush the tree, then make every file its blob's inode (or a copy past EMLINK)."""
-        with disk_full_as_store_full():
-            for directory in self.dirs:
-                os.chmod(directory, 0o755)
-            # One flush of the file system instead of an fsync per file: no blob may
-            # be linked in before its bytes are on disk.
-            syncfs(self.root)
-            for numbered in enumerate(self.written):
-                self._link_blob(numbered)
-            for link in self.links:
-                self._place(link)
-            syncfs(self.root)
 
     def _link_blob(self, numbered: tuple[int, _File]) -> None:
         index, record = numbered
