@@ -572,45 +572,34 @@ def listen(server: wsgi.Server, host: str, port: int) -> None:
         raise ListenError(f"cannot listen on {address}: {reason[:1].lower()}{reason[1:]}") from None
 
 
-# glibc's mallopt parameters (malloc.h).
-M_MMAP_THRESHOLD = -3
+# glibc's mallopt parameter (malloc.h).
 M_ARENA_MAX = -8
-# Blocks from this size on are mapped on their own and given back to the system when freed.
-MMAP_THRESHOLD = 128 << 10
 # Python code allocates under the interpreter lock, so a malloc arena per worker thread buys
 # no concurrency; each one keeps its own free memory, though, and glibc makes up to eight per
-# core: with 64 workers on 8 cores, 64 arenas of a few MiB each (bench/soak.py).
+# core: with 64 workers, 16 arenas on 2 cores and 64 on 8, of a few MiB each (bench/soak.py).
 ARENA_MAX = 2
 
 
-def bound_allocator(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Keep glibc's free memory from growing with worker threads and request buffers.
+def limit_arenas(environ: Mapping[str, str] | None = None) -> bool:
+    """Keep glibc's free memory from growing with the worker threads: at most ARENA_MAX arenas.
 
-    Before the workers start: at most ARENA_MAX arenas, and a fixed mmap threshold (glibc
-    raises it to the largest block freed, 256 KiB body pieces for one, and from then on
-    serves such blocks from the arenas and keeps twice that free at each arena's top).
-    A MALLOC_ARENA_MAX or MALLOC_MMAP_THRESHOLD_ the operator set is left as it is. Returns
-    the parameters set; none on another C library.
+    Called before the workers start (glibc fixes its limit once eight arenas exist). A
+    MALLOC_ARENA_MAX the operator set is left as it is. False when nothing was changed, as
+    on another C library.
     """
     environ = os.environ if environ is None else environ
+    if "MALLOC_ARENA_MAX" in environ:
+        return False
     try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return []
-    done = []
-    for variable, parameter, value in (
-        ("MALLOC_ARENA_MAX", M_ARENA_MAX, ARENA_MAX),
-        ("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-    ):
-        if variable not in environ and mallopt(parameter, value) == 1:
-            done.append(variable)
-    return done
+        return False
+    return bool(mallopt(M_ARENA_MAX, ARENA_MAX) == 1)
 
 
 def serve(settings: Settings) -> None:
     """Listen, open the store and serve until SIGINT or SIGTERM, then finish requests in flight."""
-    bound_allocator()
+    limit_arenas()
     store = Store(
         settings.archive_dir,
         settings.checksum_type,
