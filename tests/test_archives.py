@@ -939,3 +939,21 @@ def test_archives_refused_archive_leaves_no_empty_blob_folders(store):
     digest = hashlib.md5(data).hexdigest()  # noqa: S324 - md5 store
     folders = {p for p in store.blobs.rglob("*") if p.is_dir()}
     assert folders == {store.blob_path(digest).parent, store.blob_path(digest).parent.parent}
+
+
+def test_archives_tar_of_small_members_is_read_ahead_not_once_per_header(store, monkeypatch):
+    data = tar_bytes([F(f"d/f{index}.txt", b"%d\n" % index * 100) for index in range(300)])
+    assert len(data) < readers.WINDOW
+    reads = []
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        reads.append((size, offset))
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    outcome = run(store, data, "small.tar")
+    monkeypatch.undo()
+    assert outcome.archive.files == 300
+    assert (outcome.archive.path / "d/f7.txt").read_bytes() == b"7\n" * 100
+    assert reads == [(readers.WINDOW, 0)]

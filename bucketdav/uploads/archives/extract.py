@@ -191,6 +191,8 @@ class Inflation:
 
     def follow(self, end: int) -> None:
         """Return once the staged file holds `end` bytes, or will not grow any more."""
+        if self.size >= end:
+            return  # it only grows: no need for the lock
         with self.progress:
             while self.size < end and not self.done:
                 self.progress.wait()

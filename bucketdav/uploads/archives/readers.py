@@ -45,6 +45,8 @@ from bucketdav.uploads.archives.zipformat import (
 )
 
 READ_SIZE = 1 << 20
+# A tar is read ahead this much at a time (headers and small members come from memory).
+WINDOW = 1 << 20
 # Pax records, GNU long names and sparse maps of one member are read whole; more than
 # this is not a real header.
 MAX_HEADER_READ = 1 << 20
@@ -151,11 +153,20 @@ class _TarReader:
         self.follow = follow
         self.last: str | None = None
         self.globals = Pax()
+        self.window = b""
+        self.window_at = 0
 
     def read(self, at: int, size: int) -> bytes:
         """`size` bytes at `at`, or fewer where the file ends."""
+        offset = at - self.window_at
+        if offset >= 0 and offset + size <= len(self.window):
+            return self.window[offset : offset + size]
         self.follow(at + size)
-        return os.pread(self.fd, size, at)
+        # Read ahead what is there: most headers and small members are then a slice of
+        # memory instead of a system call each. Bytes once written never change.
+        self.window = os.pread(self.fd, max(size, WINDOW), at)
+        self.window_at = at
+        return self.window[:size]
 
     def member(self, start: int) -> tuple[Member, int] | None:
         """The member whose headers begin at `start` and where the next begins; None at the end."""
@@ -260,10 +271,10 @@ class _TarReader:
             data_at += used
             stored -= used
         if sparse is None:
-            chunks = _tar_span(self.fd, name, data_at, stored, self.follow)
+            chunks = _tar_span(self.read, name, data_at, stored)
             return Member(name, kind, stored, link, chunks), end
         check_sparse(sparse, realsize=realsize, stored=stored)
-        chunks = _sparse_span(self.fd, name, data_at, sparse, realsize, self.follow)
+        chunks = _sparse_span(self.read, name, data_at, sparse, realsize)
         return Member(name, kind, realsize, link, chunks), end
 
     def _pax_sparse(
@@ -308,13 +319,12 @@ def header_name(block: bytes) -> str:
 
 
 def _tar_span(
-    fd: int, name: str, offset: int, size: int, follow: Callable[[int], None]
+    read: Callable[[int, int], bytes], name: str, offset: int, size: int
 ) -> Callable[[], Iterator[bytes]]:
     def chunks() -> Iterator[bytes]:
         position, left = offset, size
         while left:
-            follow(position + min(left, READ_SIZE))
-            data = os.pread(fd, min(left, READ_SIZE), position)
+            data = read(position, min(left, READ_SIZE))
             if not data:
                 raise refuse(name, "is cut short: the archive is truncated")
             position += len(data)
@@ -325,12 +335,11 @@ def _tar_span(
 
 
 def _sparse_span(
-    fd: int,
+    read: Callable[[int, int], bytes],
     name: str,
     offset: int,
     pairs: list[tuple[int, int]],
     realsize: int,
-    follow: Callable[[int], None],
 ) -> Callable[[], Iterator[bytes]]:
     """A sparse member's bytes: its stored pieces, with zeros in the holes between them."""
 
@@ -341,7 +350,7 @@ def _sparse_span(
             while hole:
                 yield bytes(min(hole, READ_SIZE))
                 hole -= min(hole, READ_SIZE)
-            yield from _tar_span(fd, name, stored, size, follow)()
+            yield from _tar_span(read, name, stored, size)()
             stored += size
             position = start + size
 
