@@ -957,3 +957,58 @@ def test_archives_tar_of_small_members_is_read_ahead_not_once_per_header(store, 
     assert outcome.archive.files == 300
     assert (outcome.archive.path / "d/f7.txt").read_bytes() == b"7\n" * 100
     assert reads == [(readers.WINDOW, 0)]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_archives_zip_of_small_members_is_read_ahead_not_once_per_member(
+    store, monkeypatch, compression
+):
+    members = [F(f"d/f{index}.txt", b"%d\n" % index * 100) for index in range(300)]
+    data = zip_bytes(members, compression=compression)
+    reads = []
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        reads.append((size, offset))
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    outcome = run(store, data, "small.zip")
+    monkeypatch.undo()
+    assert outcome.archive.files == 300
+    assert (outcome.archive.path / "d/f7.txt").read_bytes() == b"7\n" * 100
+    # The directory's checks read its tail and records; the members come from one read.
+    assert reads.count((readers.WINDOW, 0)) == 1
+    assert len(reads) <= 4
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+@pytest.mark.parametrize("damage", ["crc", "cut"])
+def test_archives_zip_member_damaged_is_refused_by_name(store, compression, damage):
+    members = [F("ok.txt", b"fine"), F("bad.bin", os.urandom(5000))]
+    data = zip_bytes(members, compression=compression)
+    if damage == "crc":
+        data = _corrupt_zip_crc_of(data, "bad.bin")
+    else:
+        # 2,000 of the member's bytes are gone: what follows is read in their place.
+        at = data.index(b"PK\x01\x02")
+        data = data[: at - 2000] + data[at:]
+        data = _fix_directory_offset(data, -2000)
+    message = refused(store, data, member="bad.bin", name="damaged.zip")
+    assert "truncated or malformed" in message
+
+
+def _corrupt_zip_crc_of(data: bytes, name: str) -> bytes:
+    """The zip with the CRC of `name` wrong in its central directory."""
+    at = data.index(b"PK\x01\x02")
+    while data[at + 46 : at + 46 + len(name)] != name.encode():
+        at = data.index(b"PK\x01\x02", at + 4)
+    at += 16
+    return data[:at] + bytes(b ^ 0xFF for b in data[at : at + 4]) + data[at + 4 :]
+
+
+def _fix_directory_offset(data: bytes, shift: int) -> bytes:
+    """The zip with its end record's directory offset moved by `shift` bytes."""
+    at = data.rindex(b"PK\x05\x06") + 16
+    offset = struct.unpack("<L", data[at : at + 4])[0] + shift
+    return data[:at] + struct.pack("<L", offset) + data[at + 4 :]

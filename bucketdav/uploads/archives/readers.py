@@ -144,15 +144,13 @@ def tar_members(
             reader.last = member.name
 
 
-class _TarReader:
-    """Reads one tar's header chains (pax, GNU long names, sparse maps) into members."""
+class _ReadAhead:
+    """Reads a file at offsets, WINDOW bytes ahead: most headers and small members are then
+    a slice of memory instead of a system call each."""
 
-    def __init__(self, fd: int, archive: str, follow: Callable[[int], None]) -> None:
+    def __init__(self, fd: int, follow: Callable[[int], None] = _present) -> None:
         self.fd = fd
-        self.archive = archive
         self.follow = follow
-        self.last: str | None = None
-        self.globals = Pax()
         self.window = b""
         self.window_at = 0
 
@@ -162,11 +160,20 @@ class _TarReader:
         if offset >= 0 and offset + size <= len(self.window):
             return self.window[offset : offset + size]
         self.follow(at + size)
-        # Read ahead what is there: most headers and small members are then a slice of
-        # memory instead of a system call each. Bytes once written never change.
+        # Whatever is there already: bytes once written never change.
         self.window = os.pread(self.fd, max(size, WINDOW), at)
         self.window_at = at
         return self.window[:size]
+
+
+class _TarReader(_ReadAhead):
+    """Reads one tar's header chains (pax, GNU long names, sparse maps) into members."""
+
+    def __init__(self, fd: int, archive: str, follow: Callable[[int], None]) -> None:
+        super().__init__(fd, follow)
+        self.archive = archive
+        self.last: str | None = None
+        self.globals = Pax()
 
     def member(self, start: int) -> tuple[Member, int] | None:
         """The member whose headers begin at `start` and where the next begins; None at the end."""
@@ -384,12 +391,13 @@ def zip_members(path: Path, archive: str, *, max_files: int | None = None) -> It
     with malformed(archive, what="archive"):
         archive_file = zipfile.ZipFile(path)
     with archive_file, open(path, "rb") as raw:
+        ahead = _ReadAhead(raw.fileno())
         for info in archive_file.infolist():
             with malformed(info.orig_filename):
                 name = _zip_name(info)
             kind = _zip_kind(info)
-            if info.compress_type == zipfile.ZIP_BZIP2:
-                chunks = _zip_bzip2(raw.fileno(), info, name)
+            if info.compress_type in _RAW_METHODS:
+                chunks = _zip_raw(ahead.read, info, name)
             else:
                 chunks = _zip_stream(archive_file, info, name)
             link = ""
@@ -458,14 +466,34 @@ def _zip_stream(
     return chunks
 
 
-def _zip_bzip2(fd: int, info: zipfile.ZipInfo, name: str) -> Callable[[], Iterator[bytes]]:
-    """zipfile decompresses bzip2 without an output bound; read the raw stream with one."""
+# Methods read from the raw stream here, with an output bound; zipfile opens the others. Its
+# own reader costs a file object, a seek and three reads per member, and decompresses bzip2
+# without an output bound.
+_RAW_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2})
+_RAW_READ = 1 << 16
+
+
+class _Stored:
+    """The decompressor interface for a stored member: its bytes as they are."""
+
+    eof = False
+
+    def decompress(self, data: bytes, _max_length: int) -> bytes:
+        return data
+
+
+def _zip_raw(
+    read: Callable[[int, int], bytes], info: zipfile.ZipInfo, name: str
+) -> Callable[[], Iterator[bytes]]:
+    """A stored, deflated or bzip2 member's bytes, checked against the central directory."""
 
     def chunks() -> Iterator[bytes]:
         if info.flag_bits & 0x1:
             raise refuse(name, "is encrypted; encrypted archives are not extracted")
         with malformed(name):
-            header = os.pread(fd, zipfile.sizeFileHeader, info.header_offset)
+            header = read(info.header_offset, zipfile.sizeFileHeader)
+            if len(header) < zipfile.sizeFileHeader:
+                raise zipfile.BadZipFile("the local file header is cut short")
             fields = struct.unpack(zipfile.structFileHeader, header)
             if fields[zipfile._FH_SIGNATURE] != zipfile.stringFileHeader:
                 raise zipfile.BadZipFile("bad local file header")
@@ -476,18 +504,33 @@ def _zip_bzip2(fd: int, info: zipfile.ZipInfo, name: str) -> Callable[[], Iterat
                 + fields[zipfile._FH_EXTRA_FIELD_LENGTH]
             )
             left = info.compress_size
-            decompressor = bz2.BZ2Decompressor()
+            if info.compress_type == zipfile.ZIP_STORED:
+                if left != info.file_size:
+                    raise zipfile.BadZipFile("a stored member's sizes differ")
+                decompressor: _Stored | bz2.BZ2Decompressor = _Stored()
+            elif info.compress_type == zipfile.ZIP_DEFLATED:
+                decompressor = isal_zlib.decompressobj(-15)
+            else:
+                decompressor = bz2.BZ2Decompressor()
             crc = size = 0
+            pending = b""
+            starved = True
             while not decompressor.eof:
-                data = b""
-                if decompressor.needs_input:
-                    data = os.pread(fd, min(left, 1 << 16), position)
+                if starved:
+                    data = read(position, min(left, _RAW_READ)) if left else b""
                     if not data:
+                        if isinstance(decompressor, _Stored):
+                            break
                         raise EOFError("compressed data ends early")
                     position += len(data)
                     left -= len(data)
-                out = decompressor.decompress(data, READ_SIZE)
-                crc = zlib.crc32(out, crc)
+                    pending += data
+                out = decompressor.decompress(pending, READ_SIZE)
+                # zlib keeps what it did not take; bzip2 and stored take everything.
+                pending = getattr(decompressor, "unconsumed_tail", b"")
+                # Only a call that gave nothing needs more input (output may be held back).
+                starved = not out
+                crc = isal_zlib.crc32(out, crc)
                 size += len(out)
                 if size > info.file_size:
                     raise zipfile.BadZipFile("more data than the central directory says")
