@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import re
+import socket
 import stat
 from pathlib import Path
 
@@ -335,3 +336,26 @@ def test_clear_staging_never_follows_a_link_in_staging_to_a_folder(store, tmp_pa
     (store.staging_root / "node-link").symlink_to(outside)
     store.clear_staging()
     assert (outside / "old").read_bytes() == b"not the store's"
+
+
+def test_store_open_makes_missing_parents_and_stages_under_the_host_name(tmp_path):
+    opened = Store(tmp_path / "new" / "deep" / "store", "md5")
+    opened.open()
+    assert opened.staging == tmp_path / "new" / "deep" / "store" / "staging" / socket.gethostname()
+    assert opened.staging.is_dir()
+
+
+def test_store_open_that_cannot_create_the_store_says_why(tmp_path):
+    (tmp_path / "file").write_bytes(b"in the way")
+    with pytest.raises(blobs.StoreError) as caught:
+        Store(tmp_path / "file" / "store", "md5").open()
+    assert str(caught.value).startswith(
+        f"ARCHIVE_DIR={tmp_path / 'file' / 'store'}: cannot create the store: [Errno 20]"
+    )
+
+
+def test_store_open_not_writable_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(Store, "writable", lambda self: False)
+    with pytest.raises(blobs.StoreError) as caught:
+        Store(tmp_path, "md5").open()
+    assert str(caught.value) == f"ARCHIVE_DIR={tmp_path}: not writable by this user"
