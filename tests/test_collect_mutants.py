@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import make_settings
 from helpers import md5, tar_gz
-from test_collect import NIGHTLY, TEAM, collector
+from test_collect import NIGHTLY, TEAM, collector, upload_series
 
 from bucketdav.errors import StoreFull
 from bucketdav.store.blobs import Store
@@ -420,3 +420,22 @@ def test_collect_blob_gone_after_it_was_opened_is_skipped(make_client, store_roo
     monkeypatch.setattr(os, "lstat", removed_first)
     report = collector(store_root, later=1, **NOW).run()
     assert (report.success, report.blobs, report.skipped) == (True, 0, 1)
+
+
+def test_collect_dry_run_lists_entries_and_content_as_the_run_then_removes_them(
+    make_client, store_root
+):
+    client = make_client(**TEAM)
+    upload_series(client, "r.txt", [b"old entry", b"new entry"])
+    client.put("/upload/build.tgz", tar_gz({"a": b"unreferenced tree"}))
+    rules = {"BUCKETDAV_KEEP_LAST": "1", **NOW}
+    dry = collector(store_root, later=1, **rules).run(dry_run=True)
+    real = collector(store_root, later=1, **rules).run()
+    assert [r.kind for r in dry.removed] == ["entry", "tree", "blob", "blob"]
+    assert set(dry.removed) < set(real.removed)
+    # The blob of the entry that went is unreferenced from then on: the dry run, which
+    # removes no entry, cannot know.
+    old = md5(b"old entry")
+    assert set(real.removed) - set(dry.removed) == {
+        Removed(f"blob/{old[:2]}/{old[2:4]}/{old}", "blob", 9, "unreferenced 0 days")
+    }
