@@ -27,7 +27,6 @@ import pytest
 from bucketdav.errors import StoreFull, UnsafeArchive
 from bucketdav.store.blobs import Store
 from bucketdav.uploads.archives import readers
-from bucketdav.uploads.archives import tree as tree_module
 from bucketdav.uploads.archives.extract import classify, unpack
 from bucketdav.uploads.archives.members import Kind, Layout, member_path
 from bucketdav.uploads.archives.tree import TreeBuilder
@@ -1013,30 +1012,3 @@ def _fix_directory_offset(data: bytes, shift: int) -> bytes:
     at = data.rindex(b"PK\x05\x06") + 16
     offset = struct.unpack("<L", data[at : at + 4])[0] + shift
     return data[:at] + struct.pack("<L", offset) + data[at + 4 :]
-
-
-def test_archives_many_files_linked_by_two_threads_are_each_their_blob(store, monkeypatch):
-    monkeypatch.setattr(tree_module, "_LINK_THREAD_FROM", 2)
-    members = [F(f"d{index % 3}/f{index}", b"%d" % index) for index in range(41)]
-    members.append(H("again", "d0/f0"))
-    outcome = run(store, tar_bytes(members), "many.tar")
-    assert outcome.archive.files == 42
-    assert assert_tree_is_blobs(store, outcome.archive.path) == 42
-
-
-def test_archives_disk_full_in_the_second_linking_thread_leaves_nothing(store, monkeypatch):
-    monkeypatch.setattr(tree_module, "_LINK_THREAD_FROM", 2)
-    members = [F(f"f{index}", b"%d" % index) for index in range(40)]
-    blob = store.ingest([tar_bytes(members)])
-    real_link = os.link
-
-    def link(source, dest, **kwargs):
-        if threading.current_thread().name == "link":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_link(source, dest, **kwargs)
-
-    monkeypatch.setattr(os, "link", link)
-    with pytest.raises(StoreFull):
-        unpack(store, Outcome(blob=blob, filename="full.tar"), max_bytes=MiB, max_files=100)
-    monkeypatch.undo()
-    assert_no_tree_left(store)

@@ -36,8 +36,6 @@ _SPACE_CHECK_EVERY = 16 << 20
 # that the disk writes the tree while the archive is still being read, and the flush that
 # orders the links (TreeBuilder.link) finds little left to do.
 _WRITEBACK_EVERY = 16 << 20
-# From this many files on, two threads link them to their blobs.
-_LINK_THREAD_FROM = 256
 # The kernel refuses paths of PATH_MAX bytes or more (ENAMETOOLONG), NUL included.
 _PATH_MAX = 4096
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -158,7 +156,8 @@ class TreeBuilder:
             for directory in self.dirs:
                 os.chmod(directory, 0o755)
             syncfs(self.root)
-            self._link_all(list(enumerate(self.written)))
+            for numbered in enumerate(self.written):
+                self._link_blob(numbered)
             for link in self.links:
                 self._place(link)
         blob = archive()
@@ -306,34 +305,6 @@ class TreeBuilder:
             name,
             f"takes the extracted data past BUCKETDAV_EXTRACT_MAX_BYTES ({self.max_bytes} bytes)",
         )
-
-    def _link_all(self, numbered: list[tuple[int, _File]]) -> None:
-        """_link_blob for each file; a second thread takes every other one when there are many.
-
-        Both spend their time in link(), outside the interpreter lock, in different folders.
-        """
-        if len(numbered) < _LINK_THREAD_FROM:
-            for item in numbered:
-                self._link_blob(item)
-            return
-        errors: list[BaseException] = []
-
-        def other() -> None:
-            try:
-                for item in numbered[1::2]:
-                    self._link_blob(item)
-            except BaseException as exc:  # handed to the building thread
-                errors.append(exc)
-
-        helper = threading.Thread(target=other, name="link", daemon=True)
-        helper.start()
-        try:
-            for item in numbered[::2]:
-                self._link_blob(item)
-        finally:
-            helper.join()
-        if errors:
-            raise errors[0]
 
     def _link_blob(self, numbered: tuple[int, _File]) -> None:
         index, record = numbered
