@@ -1012,3 +1012,13 @@ def _fix_directory_offset(data: bytes, shift: int) -> bytes:
     at = data.rindex(b"PK\x05\x06") + 16
     offset = struct.unpack("<L", data[at : at + 4])[0] + shift
     return data[:at] + struct.pack("<L", offset) + data[at + 4 :]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_archives_zip_local_name_other_than_the_directory_s_is_refused(store, compression):
+    data = zip_bytes([F("a/safe.txt", b"one"), F("b/also.txt", b"two")], compression=compression)
+    local = data.index(b"PK\x03\x04", 1)  # the second member's local header
+    at = data.index(b"b/also.txt", local)
+    data = data[:at] + b"b/evil.txt" + data[at + len(b"b/evil.txt") :]
+    message = refused(store, data, member="b/also.txt", name="two-names.zip")
+    assert "directory and in its header differ" in message

@@ -497,10 +497,19 @@ def _zip_raw(
             fields = struct.unpack(zipfile.structFileHeader, header)
             if fields[zipfile._FH_SIGNATURE] != zipfile.stringFileHeader:
                 raise zipfile.BadZipFile("bad local file header")
+            # The refusals zipfile's own reader makes: a local name other than the central
+            # directory's (tools that read either would see other files), patched data.
+            length = fields[zipfile._FH_FILENAME_LENGTH]
+            local = read(info.header_offset + zipfile.sizeFileHeader, length)
+            utf8 = fields[zipfile._FH_GENERAL_PURPOSE_FLAG_BITS] & 0x800
+            if local.decode("utf-8" if utf8 else "cp437") != info.orig_filename:
+                raise zipfile.BadZipFile("its name in the directory and in its header differ")
+            if info.flag_bits & (0x20 | 0x40):
+                raise NotImplementedError("patched data or strong encryption")
             position = (
                 info.header_offset
                 + zipfile.sizeFileHeader
-                + fields[zipfile._FH_FILENAME_LENGTH]
+                + length
                 + fields[zipfile._FH_EXTRA_FIELD_LENGTH]
             )
             left = info.compress_size
