@@ -145,23 +145,6 @@ def test_tree_blob_that_keeps_vanishing_gives_up_after_eight_rounds(store, monke
     assert caught.value.filename == str(store.blob_path(md5(b"stored")))
 
 
-def test_link_making_parent_tries_a_last_time_after_eight_rounds(tmp_path, monkeypatch):
-    (tmp_path / "src").write_bytes(b"s")
-    real_link = os.link
-    calls = []
-
-    def folder_removed(src, dst, **kwargs):
-        calls.append(dst)
-        if len(calls) <= 8:
-            raise FileNotFoundError(errno.ENOENT, "removed by collection", dst)
-        return real_link(src, dst, **kwargs)
-
-    monkeypatch.setattr(os, "link", folder_removed)
-    tree._link_making_parent(str(tmp_path / "src"), str(tmp_path / "ab" / "dest"))
-    assert len(calls) == 9
-    assert (tmp_path / "ab" / "dest").read_bytes() == b"s"
-
-
 def test_syncfs_flushes_the_file_system_of_the_path_it_is_given(tmp_path, monkeypatch):
     seen = []
 

@@ -503,8 +503,22 @@ def link_making_folders(source: str | Path, dest: str | Path) -> None:
         except FileNotFoundError:
             if not os.path.lexists(source):
                 raise
-            make_folders(os.path.dirname(dest))
+            _make_fanout(os.path.dirname(dest))
     os.link(source, dest)
+
+
+def _make_fanout(path: str) -> None:
+    """make_folders for a blob's fan-out folder, in one call when its parent exists.
+
+    os.makedirs asks first whether the path exists, a second system call for every new
+    folder (an extraction makes thousands); a racing twin (another upload) is no error.
+    """
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        make_folders(path)
 
 
 def make_folders(path: str | Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bucketdav.errors import ChecksumCollision, UnsafeArchive
-from bucketdav.store.blobs import Store, make_folders
+from bucketdav.store.blobs import Store, link_making_folders
 from bucketdav.store.files import disk_full_as_store_full, same_bytes
 from bucketdav.store.holds import shared
 from bucketdav.uploads.archives.members import (
@@ -313,7 +313,7 @@ class TreeBuilder:
         # becomes the blob (or a twin's does); a few rounds settle it.
         for _ in range(_ATTEMPTS):
             try:
-                _link_making_parent(record.path, blob)
+                link_making_folders(record.path, blob)
                 return
             except FileExistsError:
                 pass
@@ -368,31 +368,6 @@ class TreeBuilder:
         # Written in the tree, which the final flush covers before it is published.
         with open(record.blob, "rb") as source:
             self._write_file(dest, iter(lambda: source.read(_SMALL_FILE), b""), None)
-
-
-def _link_making_parent(source: str, dest: str) -> None:
-    # Collection removes fan-out folders it leaves empty, maybe between our mkdir and link.
-    for _ in range(_ATTEMPTS):
-        try:
-            os.link(source, dest)
-            return
-        except FileNotFoundError:
-            _make_dir(os.path.dirname(dest))
-    os.link(source, dest)
-
-
-def _make_dir(path: str) -> None:
-    """mkdir -p for a blob's fan-out directory, in one call when its parent exists.
-
-    os.makedirs asks first whether the path exists, a second system call for every
-    new directory; a racing twin (another upload) is no error.
-    """
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        make_folders(path)
 
 
 def syncfs(path: str | Path) -> None:
