@@ -941,10 +941,9 @@ def test_archives_refused_archive_leaves_no_empty_blob_folders(store):
     assert folders == {store.blob_path(digest).parent, store.blob_path(digest).parent.parent}
 
 
-def test_archives_tar_of_small_members_is_read_ahead_not_once_per_header(store, monkeypatch):
-    data = tar_bytes([F(f"d/f{index}.txt", b"%d\n" % index * 100) for index in range(300)])
-    assert len(data) < readers.WINDOW
-    reads = []
+def record_preads(monkeypatch) -> list[tuple[int, int]]:
+    """From now until monkeypatch.undo(), the (size, offset) of every os.pread."""
+    reads: list[tuple[int, int]] = []
     real_pread = os.pread
 
     def pread(fd: int, size: int, offset: int) -> bytes:
@@ -952,6 +951,13 @@ def test_archives_tar_of_small_members_is_read_ahead_not_once_per_header(store, 
         return real_pread(fd, size, offset)
 
     monkeypatch.setattr(os, "pread", pread)
+    return reads
+
+
+def test_archives_tar_of_small_members_is_read_ahead_not_once_per_header(store, monkeypatch):
+    data = tar_bytes([F(f"d/f{index}.txt", b"%d\n" % index * 100) for index in range(300)])
+    assert len(data) < readers.WINDOW
+    reads = record_preads(monkeypatch)
     outcome = run(store, data, "small.tar")
     monkeypatch.undo()
     assert outcome.archive.files == 300
@@ -965,14 +971,7 @@ def test_archives_zip_of_small_members_is_read_ahead_not_once_per_member(
 ):
     members = [F(f"d/f{index}.txt", b"%d\n" % index * 100) for index in range(300)]
     data = zip_bytes(members, compression=compression)
-    reads = []
-    real_pread = os.pread
-
-    def pread(fd: int, size: int, offset: int) -> bytes:
-        reads.append((size, offset))
-        return real_pread(fd, size, offset)
-
-    monkeypatch.setattr(os, "pread", pread)
+    reads = record_preads(monkeypatch)
     outcome = run(store, data, "small.zip")
     monkeypatch.undo()
     assert outcome.archive.files == 300
