@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import free_port, put_blob, stop_process
+
 PROPFIND_BODY = (
     '<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>'
     "<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>"
@@ -117,23 +119,6 @@ def access_file(work: Path) -> Path:
     path = work / "access.toml"
     hashed = bcrypt.hashpw(b"bench password", bcrypt.gensalt(12)).decode()
     path.write_text(f'[users.bench]\npassword = "{hashed}"\nread = ["/"]\n')
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def put_blob(root: Path, data: bytes) -> Path:
-    """Write `data` as a blob the way the store lays it out (no fsync: this is a bench)."""
-    digest = hashlib.md5(data).hexdigest()  # noqa: S324 - the store's default CHECKSUM_TYPE
-    path = root / "blob" / digest[:2] / digest[2:4] / digest
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(0o444)
     return path
 
 
@@ -254,13 +239,7 @@ def cpu_seconds(server: Server) -> float:
 
 
 def stop(server: Server) -> None:
-    if server.proc and server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(15)
+    stop_process(server.proc)
 
 
 def curl(args: list[str]) -> tuple[float, float, int]:

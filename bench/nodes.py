@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import free_port
+
 from bucketdav import launch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,12 +187,6 @@ def wrk_get(url: str, seconds: int, clients: int) -> tuple[float, float, float]:
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     return rps, percentile("50%"), percentile("99%")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

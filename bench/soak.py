@@ -17,7 +17,6 @@ bucketdav runs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import free_port, put_blob, stop_process
 
 from bucketdav import launch
 
@@ -108,17 +109,6 @@ class Sampler:
         self.target.append(rss_kib(self.pid))
 
 
-def put_blob(root: Path, data: bytes) -> Path:
-    """Write `data` as a blob the way the store lays it out (no fsync: this is a bench)."""
-    digest = hashlib.md5(data).hexdigest()  # noqa: S324 - the store's default CHECKSUM_TYPE
-    path = root / "blob" / digest[:2] / digest[2:4] / digest
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(0o444)
-    return path
-
-
 def build(base: Path, files: int, put_mib: int) -> tuple[Path, Path, list[Path], str]:
     """bucketdav's store, copyparty's folder (the same files, linked), the files to PUT, and
     the tree's URL path in the store."""
@@ -149,12 +139,6 @@ def build(base: Path, files: int, put_mib: int) -> tuple[Path, Path, list[Path],
                     out.write(os.urandom(MIB))
         payloads.append(path)
     return store, shared, payloads, "/" + tree.relative_to(store).as_posix()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_bucketdav(store: Path, tree: str, work: Path) -> Server:
@@ -189,13 +173,7 @@ def start_copyparty(binary: Path, shared: Path, work: Path) -> Server:
 
 
 def stop(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(15)
+    stop_process(server.proc)
 
 
 def wrk(url: str, script: Path, seconds: int) -> str:
