@@ -1,4 +1,5 @@
-"""What several benchmarks need: a free port, a blob written in place, a server stopped."""
+"""What several benchmarks need: a free port, a blob written in place, wrk scripts, a server
+stopped."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ import hashlib
 import socket
 import subprocess
 from pathlib import Path
+
+PROPFIND_BODY = (
+    '<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>'
+    "<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>"
+    "</D:prop></D:propfind>"
+)
 
 
 def free_port() -> int:
@@ -36,3 +43,16 @@ def stop_process(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(15)
+
+
+def wrk_scripts(work: Path) -> tuple[Path, Path]:
+    """wrk's Lua scripts for a GET and for a PROPFIND Depth 1 of PROPFIND_BODY, in `work`."""
+    get_lua = work / "get.lua"
+    get_lua.write_text('wrk.method = "GET"\n')
+    propfind_lua = work / "propfind.lua"
+    propfind_lua.write_text(
+        'wrk.method = "PROPFIND"\nwrk.headers["Depth"] = "1"\n'
+        'wrk.headers["Content-Type"] = "application/xml"\n'
+        f"wrk.body = [[{PROPFIND_BODY}]]\n"
+    )
+    return get_lua, propfind_lua

@@ -32,13 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import free_port, put_blob, stop_process
+from common import PROPFIND_BODY, free_port, put_blob, stop_process, wrk_scripts
 
-PROPFIND_BODY = (
-    '<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>'
-    "<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>"
-    "</D:prop></D:propfind>"
-)
 STOCK_WSGIDAV = """
 import sys
 from cheroot import wsgi
@@ -286,14 +281,7 @@ def workloads(
 ) -> dict[str, tuple[str, Callable[[Server], float]]]:
     body = work / "propfind.xml"
     body.write_text(PROPFIND_BODY)
-    propfind_lua = work / "propfind.lua"
-    propfind_lua.write_text(
-        'wrk.method = "PROPFIND"\nwrk.headers["Depth"] = "1"\n'
-        'wrk.headers["Content-Type"] = "application/xml"\n'
-        f"wrk.body = [[{PROPFIND_BODY}]]\n"
-    )
-    get_lua = work / "get.lua"
-    get_lua.write_text('wrk.method = "GET"\n')
+    get_lua, propfind_lua = wrk_scripts(work)
 
     def propfind_many(server: Server) -> float:
         times = []

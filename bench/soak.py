@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import free_port, put_blob, stop_process
+from common import free_port, put_blob, stop_process, wrk_scripts
 
 from bucketdav import launch
 
@@ -39,11 +39,6 @@ MIB = 1 << 20
 SAMPLE_SECONDS = 0.2
 PEAK_TARGET_MIB = 64.0
 GROWTH_TARGET = 1.10
-PROPFIND_BODY = (
-    '<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>'
-    "<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>"
-    "</D:prop></D:propfind>"
-)
 PHASES = ("GET 4 KiB", "PROPFIND 2,000", "PUT 3x")
 
 
@@ -249,14 +244,7 @@ def main() -> int:
     work.mkdir(exist_ok=True)
     print(f"building in {base} ...", flush=True)
     store, shared, payloads, tree = build(base, args.files, args.put_mib)
-    propfind_lua = work / "propfind.lua"
-    propfind_lua.write_text(
-        'wrk.method = "PROPFIND"\nwrk.headers["Depth"] = "1"\n'
-        'wrk.headers["Content-Type"] = "application/xml"\n'
-        f"wrk.body = [[{PROPFIND_BODY}]]\n"
-    )
-    get_lua = work / "get.lua"
-    get_lua.write_text('wrk.method = "GET"\n')
+    get_lua, propfind_lua = wrk_scripts(work)
 
     servers: list[Server] = []
     samplers: dict[str, Sampler] = {}
