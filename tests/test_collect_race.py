@@ -32,6 +32,8 @@ ENV = {"REPLICATE_0": "race/${Topic}", "BUCKETDAV_GC_UNREFERENCED_DAYS": "0"}
 ROUNDS = 40
 MAX_ROUNDS = 120  # more rounds only while the collector has taken too little to show a race
 BUDGET = 12.0
+# Loops of the race without the upload side's fallbacks, at most, until one catches it.
+ATTEMPTS = 4
 # A change time in the same clock tick as a run's start counts as after it (never taken).
 TICK = 0.02
 
@@ -59,7 +61,8 @@ def content(index: int) -> tuple[str, bytes]:
     return f"c{index}.bin", f"plain content {index}\n".encode() * 50
 
 
-def run_race(make_client: Callable, store_root: Path) -> Outcome:
+def run_race(make_client: Callable, store_root: Path, *, waiting: bool = True) -> Outcome:
+    """The loop; `waiting`: half the rounds wait for a run to begin (else none do)."""
     outcome = Outcome()
     clients = [make_client(**ENV) for _ in range(3)]
     settings = make_settings(store_root, **ENV)
@@ -100,7 +103,7 @@ def run_race(make_client: Callable, store_root: Path) -> Outcome:
                 break
             name, data = content(index)
             put(clients[0], name, data, {})
-            if index % 4 < 2:
+            if waiting and index % 4 < 2:
                 # Half the rounds race the run that starts next, the first that can see this
                 # content as unreferenced: it is then sure to take some. The others race
                 # whatever run is under way, at any step of it.
@@ -176,9 +179,15 @@ def test_the_race_loop_catches_uploads_without_their_fallback(make_client, store
     monkeypatch.setattr(Store, "_adopt", lambda self, staged, dest: True)
     monkeypatch.setattr(holds_module.Holds, "_hold", lambda self, path, *, directory: True)
     monkeypatch.setattr(tree_module, "shared", _unlocked)
-    outcome = run_race(make_client, store_root)
-    missing = [m for a in outcome.acked for m in missing_parts(store_root, a)]
-    print(f"{len(outcome.problems)} problems, {len(missing)} parts missing: {outcome.problems[:3]}")
+    # Rounds that wait for a run mostly see the take end before they upload; the rounds that
+    # race a run at any step are the ones that meet it mid-way. A quiet machine may need more
+    # than one loop of them for a hit.
+    for attempt in range(1, ATTEMPTS + 1):
+        outcome = run_race(make_client, store_root, waiting=False)
+        missing = [m for a in outcome.acked for m in missing_parts(store_root, a)]
+        print(f"loop {attempt}: {len(outcome.problems)} problems, {len(missing)} parts missing")
+        if outcome.problems or missing:
+            break
     assert outcome.problems or missing
 
 
