@@ -263,13 +263,15 @@ def _listed(fd: int) -> list[os.DirEntry[str]]:
         return list(entries)
 
 
-def _walk_replicas(store: Store, snapshot: Snapshot, counter: _Counter) -> None:
-    """Every link in replica/ that leads to a tree or a blob, and the content of copies."""
-    root = str(store.root) + os.sep
-    trees = str(store.trees) + os.sep
-    blobs = str(store.blobs) + os.sep
-    length = 2 * store.digest_size
-    top = _open_dir(str(store.replicas))
+def _folders_below(
+    name: str, parent: int | None, counter: _Counter
+) -> Iterator[tuple[str, int, list[os.DirEntry[str]]]]:
+    """(path relative to `name`, fd, entries) for `name` in `parent` and each folder below it.
+
+    Every folder is opened relative to the one above it and never through a link; each fd
+    is open only until the next item.
+    """
+    top = _open_dir(name, parent)
     if top is None:
         return
     try:
@@ -279,43 +281,57 @@ def _walk_replicas(store: Store, snapshot: Snapshot, counter: _Counter) -> None:
             fd = _open_dir(relative or ".", top)
             if fd is None:
                 continue
-            folder = os.path.join(str(store.replicas), relative)
             try:
                 entries = _listed(fd)
                 counter.add(len(entries))
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(os.path.join(relative, entry.name))
-                    elif entry.is_symlink():
-                        try:
-                            target = os.readlink(entry.name, dir_fd=fd)
-                        except OSError:
-                            continue
-                        # Read as text from where the link is: nothing on the way is followed.
-                        where = os.path.normpath(os.path.join(folder, target))
-                        if not where.startswith(root):
-                            continue
-                        if where.startswith(trees):
-                            parts = where[len(trees) :].split(os.sep)
-                            if len(parts) >= 3 and is_digest(parts[2], length):
-                                snapshot.tree_refs.add(parts[2])
-                        elif where.startswith(blobs):
-                            name = os.path.basename(where)
-                            if is_digest(name, length):
-                                snapshot.blob_refs.add(name)
-                    elif (
-                        entry.is_file(follow_symlinks=False)
-                        and entry.stat(follow_symlinks=False).st_nlink == 1
-                    ):
-                        # A copy made past the hard-link limit, or a file put there by hand:
-                        # the blob of its content stays while it does.
-                        digest = _hash(entry.name, fd, store.algorithm)
-                        if digest is not None:
-                            snapshot.blob_refs.add(digest)
+                pending += [
+                    os.path.join(relative, e.name)
+                    for e in entries
+                    if e.is_dir(follow_symlinks=False)
+                ]
+                yield relative, fd, entries
             finally:
                 os.close(fd)
     finally:
         os.close(top)
+
+
+def _single(entry: os.DirEntry[str]) -> bool:
+    """A file of one link: a copy made past the hard-link limit, or one put there by hand."""
+    return entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_nlink == 1
+
+
+def _walk_replicas(store: Store, snapshot: Snapshot, counter: _Counter) -> None:
+    """Every link in replica/ that leads to a tree or a blob, and the content of copies."""
+    root = str(store.root) + os.sep
+    trees = str(store.trees) + os.sep
+    blobs = str(store.blobs) + os.sep
+    length = 2 * store.digest_size
+    for relative, fd, entries in _folders_below(str(store.replicas), None, counter):
+        folder = os.path.join(str(store.replicas), relative)
+        for entry in entries:
+            if entry.is_symlink():
+                try:
+                    target = os.readlink(entry.name, dir_fd=fd)
+                except OSError:
+                    continue
+                # Read as text from where the link is: nothing on the way is followed.
+                where = os.path.normpath(os.path.join(folder, target))
+                if not where.startswith(root):
+                    continue
+                if where.startswith(trees):
+                    parts = where[len(trees) :].split(os.sep)
+                    if len(parts) >= 3 and is_digest(parts[2], length):
+                        snapshot.tree_refs.add(parts[2])
+                elif where.startswith(blobs):
+                    name = os.path.basename(where)
+                    if is_digest(name, length):
+                        snapshot.blob_refs.add(name)
+            elif _single(entry):
+                # The blob of its content stays while it does.
+                digest = _hash(entry.name, fd, store.algorithm)
+                if digest is not None:
+                    snapshot.blob_refs.add(digest)
 
 
 def _copies_in(parent: int, tree: str, algorithm: str, counter: _Counter) -> set[str]:
@@ -325,42 +341,19 @@ def _copies_in(parent: int, tree: str, algorithm: str, counter: _Counter) -> set
     restore of the store that did not keep hard links; their blob stays with the tree.
     """
     found: set[str] = set()
-    top = _open_dir(tree, parent)
-    if top is None:
-        return found
-    try:
-        pending = [""]
-        while pending:
-            relative = pending.pop()
-            fd = _open_dir(relative or ".", top)
-            if fd is None:
-                continue
-            try:
-                entries = _listed(fd)
-                counter.add(len(entries))
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(os.path.join(relative, entry.name))
-                    elif (
-                        entry.is_file(follow_symlinks=False)
-                        and entry.stat(follow_symlinks=False).st_nlink == 1
-                    ):
-                        digest = _hash(entry.name, fd, algorithm)
-                        if digest is not None:
-                            found.add(digest)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(top)
+    for _relative, fd, entries in _folders_below(tree, parent, counter):
+        for entry in entries:
+            if _single(entry):
+                digest = _hash(entry.name, fd, algorithm)
+                if digest is not None:
+                    found.add(digest)
     return found
 
 
 def _hash(name: str, folder: int, algorithm: str) -> str | None:
     hasher = hashlib.new(algorithm)
     try:
-        fd = os.open(
-            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder
-        )
+        fd = os.open(name, _FILE_FLAGS, dir_fd=folder)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
