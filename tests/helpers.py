@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -23,6 +24,22 @@ MD5_COLLISION_B = bytes.fromhex(
     "d8823e3156348f5bae6dacd436c919c6dd53e23487da03fd02396306d248cda0"
     "e99f33420f577ee8ce54b67080280d1ec69821bcb6a8839396f965ab6ff72a70"
 )
+
+
+def saturate_links(monkeypatch, path: str | os.PathLike[str]) -> None:
+    """From now on os.link of `path` fails with EMLINK, as when it has all the links it can take.
+
+    Wraps whatever os.link is at the call (a recorder's, say); other links go through.
+    """
+    target = os.fspath(path)
+    real_link = os.link
+
+    def saturated(src, dst, **kwargs):
+        if os.fspath(src) == target:
+            raise OSError(errno.EMLINK, "Too many links", os.fspath(dst))
+        return real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", saturated)
 
 
 def md5(data: bytes) -> str:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import saturate_links
 from test_archives import D, F, H, run, tar_bytes
 
 from bucketdav.errors import UnsafeArchive
@@ -79,14 +80,7 @@ def test_tree_blob_gone_while_sharing_is_linked_again(store, monkeypatch):
 def test_tree_blob_with_all_its_links_leaves_copies(store, monkeypatch):
     # Three members share one content; the blob takes no more links after the first.
     blob = str(store.blob_path(md5(b"same")))
-    real_link = os.link
-
-    def saturated(src, dst, **kwargs):
-        if os.fspath(src) == blob:
-            raise OSError(errno.EMLINK, "Too many links", os.fspath(dst))
-        return real_link(src, dst, **kwargs)
-
-    monkeypatch.setattr(os, "link", saturated)
+    saturate_links(monkeypatch, blob)
     built = run(store, tar_bytes([F("a", b"same"), F("b", b"same"), F("c", b"same")]), "x.tar")
     path = built.archive.path
     assert [(path / n).read_bytes() for n in "abc"] == [b"same"] * 3

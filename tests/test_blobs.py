@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import MD5_COLLISION_A, MD5_COLLISION_B, md5
+from helpers import MD5_COLLISION_A, MD5_COLLISION_B, md5, saturate_links
 
 from bucketdav.errors import ChecksumCollision, StoreFull
 from bucketdav.store import blobs
@@ -63,14 +63,7 @@ def test_commit_known_blob_gone_before_it_is_shared_stores_this_copy(store, monk
 
 def test_commit_known_blob_with_all_its_links_is_deduplicated(store, monkeypatch):
     known = store.ingest([b"many links"])
-    real_link = os.link
-
-    def saturated(src, dst, **kwargs):
-        if Path(src) == known.path:
-            raise OSError(errno.EMLINK, "Too many links")
-        return real_link(src, dst, **kwargs)
-
-    monkeypatch.setattr(os, "link", saturated)
+    saturate_links(monkeypatch, known.path)
     again = store.ingest([b"many links"])
     assert (again.created, again.path) == (False, known.path)
     assert staged_names(store) == []
@@ -90,14 +83,7 @@ def test_commit_pin_that_cannot_replace_the_staged_name_is_removed(store, monkey
 
 def test_place_copy_past_emlink_is_read_only(store, monkeypatch):
     blob = store.ingest([b"copied"])
-    real_link = os.link
-
-    def saturated(src, dst, **kwargs):
-        if Path(src) == blob.path:
-            raise OSError(errno.EMLINK, "Too many links")
-        return real_link(src, dst, **kwargs)
-
-    monkeypatch.setattr(os, "link", saturated)
+    saturate_links(monkeypatch, blob.path)
     dest = store.replicas / "copy.txt"
     store.place(blob.path, dest)
     assert dest.read_bytes() == b"copied"

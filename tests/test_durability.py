@@ -9,7 +9,6 @@ upload made it (a twin upload may be between its link and its flush).
 
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import os
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import make_settings
-from helpers import md5, tar_gz
+from helpers import md5, saturate_links, tar_gz
 
 from bucketdav.store.blobs import Store
 from bucketdav.uploads.archives import extract, tree
@@ -247,14 +246,7 @@ def test_commit_existing_blob_weak_digest_compares_then_flushes(store, recorder)
 def test_place_past_emlink_flushes_the_copy_before_linking_it(store, recorder, monkeypatch):
     blob = store.ingest([b"too many links"])
     (store.replicas / "team").mkdir()
-    recorded_link = os.link
-
-    def saturated(src, dst, **kwargs):
-        if Path(src) == blob.path:
-            raise OSError(errno.EMLINK, "Too many links")
-        return recorded_link(src, dst, **kwargs)
-
-    monkeypatch.setattr(os, "link", saturated)
+    saturate_links(monkeypatch, blob.path)  # through the recorder's os.link
     recorder.clear()
     store.place(blob.path, store.replicas / "team" / "copy.txt")
     calls = recorder.calls

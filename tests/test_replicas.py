@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers import saturate_links
 
 from bucketdav.errors import StoreFull
 from bucketdav.store.blobs import Store
@@ -187,14 +188,7 @@ def test_replicate_compressed_file_keeps_its_uploaded_name_and_blob(store):
 
 def test_replicate_copies_when_the_blob_has_too_many_links(store, monkeypatch):
     outcome = file_outcome(store)
-    real_link = os.link
-
-    def link(src, dst, **kwargs):
-        if Path(src) == outcome.blob.path:
-            raise OSError(errno.EMLINK, "Too many links")
-        return real_link(src, dst, **kwargs)
-
-    monkeypatch.setattr(os, "link", link)
+    saturate_links(monkeypatch, outcome.blob.path)
     run(store, outcome)
     replica = outcome.replicas[0]
     assert replica.read_bytes() == b"<xml/>"
