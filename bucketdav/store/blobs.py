@@ -65,6 +65,14 @@ _ATTEMPTS = 8
 LEFTOVER_AGE = 24 * 3600
 
 
+def fanned(digest: str) -> str:
+    """`ab/cd/abcd…`: where `digest` lives below blob/, explode/ and decompressed/.
+
+    A string, for the loops over thousands of digests where a Path per digest costs.
+    """
+    return f"{digest[:2]}/{digest[2:4]}/{digest}"
+
+
 class StoreError(Exception):
     """The store cannot be used as configured (start-up)."""
 
@@ -238,11 +246,11 @@ class Store:
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob of `digest` lives: blob/ab/cd/abcd…"""
-        return self.blobs / digest[:2] / digest[2:4] / digest
+        return self.blobs / fanned(digest)
 
     def tree_path(self, digest: str) -> Path:
         """Where the extracted tree of the archive with `digest` lives: explode/ab/cd/abcd…/"""
-        return self.trees / digest[:2] / digest[2:4] / digest
+        return self.trees / fanned(digest)
 
     def relative(self, path: Path) -> str:
         """`path` relative to ARCHIVE_DIR, with `/` separators."""
@@ -258,7 +266,7 @@ class Store:
 
     def note_path(self, digest: str) -> Path:
         """Where the note of what the compressed blob `digest` decompresses to lives."""
-        return self.notes / digest[:2] / digest[2:4] / digest
+        return self.notes / fanned(digest)
 
     def remember_decompressed(
         self, compressed: str, decompressed: Blob, *, synced: bool = False

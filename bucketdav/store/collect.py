@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from bucketdav.errors import StoreFull
 from bucketdav.settings import Duration, Settings
-from bucketdav.store.blobs import Blob, Store
+from bucketdav.store.blobs import Blob, Store, fanned
 from bucketdav.store.expire import Removed, apply_retention
 from bucketdav.store.files import remove_tree
 from bucketdav.store.gcreport import Report
@@ -179,7 +179,7 @@ class Collector:
             digest = item.digest
             if item.kind != "blob" or digest in snapshot.notes or item.size < SMALLEST_COMPRESSED:
                 continue
-            path = f"{blobs}/{digest[:2]}/{digest[2:4]}/{digest}"
+            path = f"{blobs}/{fanned(digest)}"
             if not looks_compressed(path):
                 continue
             target = decompressed_digest(path, self.store.algorithm, self.extract_max_bytes)
@@ -255,8 +255,7 @@ class Collector:
         return all(("blob", s) in gone for s in sources.get(digest, ()))
 
     def _removed(self, item: Doomed) -> Removed:
-        digest = item.digest
-        where = f"{digest[:2]}/{digest[2:4]}/{digest}"
+        where = fanned(item.digest)
         path = f"explode/{where}/" if item.kind == "tree" else f"blob/{where}"
         return Removed(path, item.kind, item.size, item.why)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bucketdav.errors import ChecksumCollision, UnsafeArchive
-from bucketdav.store.blobs import Store, link_making_folders
+from bucketdav.store.blobs import Store, fanned, link_making_folders
 from bucketdav.store.files import disk_full_as_store_full, same_bytes
 from bucketdav.store.holds import shared
 from bucketdav.uploads.archives.members import (
@@ -284,7 +284,7 @@ class TreeBuilder:
 
     def _blob_of(self, digest: str) -> str:
         """store.blob_path() as a string: this runs once or twice per file."""
-        return f"{self.blob_root}/{digest[:2]}/{digest[2:4]}/{digest}"
+        return f"{self.blob_root}/{fanned(digest)}"
 
     @staticmethod
     def _write_file(dest: str, chunks: Iterable[bytes], hasher: hashlib._Hash | None) -> None:
